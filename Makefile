@@ -1,0 +1,37 @@
+# SenseCF. `make demo` and `make test` install what they need first (see README).
+PY      ?= python3.11
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+RUN     ?= runs/demo
+# The CPU torch wheel lies on this machine's disk; elsewhere uv takes torch from PyPI.
+WHEELS  := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP    = $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.8
+	$(BIN)/uv pip install --python $(BIN)/python $(WHEELS) -r requirements.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -r requirements-nodeps.txt
+	touch $@
+
+demo: setup
+	$(BIN)/python -m launch.demo --run $(RUN)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs/demo

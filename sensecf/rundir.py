@@ -1,0 +1,166 @@
+"""One experiment = one run directory; every stage reads earlier stages' files from it.
+
+Layout (DESIGN.md): cohort/ classifier/ sft/ checkpoints/ cfs/ eval/ augment/ report.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from sensecf.spec import DatasetSpec
+
+# Column names of the cohort table (features.parquet) besides the spec's features and label.
+ID_COL = "window_id"
+GROUP_COL = "participant_id"
+SPLIT_COL = "split"
+
+_VERSIONED = ["numpy", "pandas", "scikit-learn", "torch", "transformers", "peft", "axolotl", "xgrammar"]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # stage folders
+    @property
+    def cohort(self) -> Path:
+        return self.root / "cohort"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def cfs(self) -> Path:
+        return self.root / "cfs"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def augment(self) -> Path:
+        return self.root / "augment"
+
+    # files
+    @property
+    def features(self) -> Path:
+        return self.cohort / "features.parquet"
+
+    @property
+    def split(self) -> Path:
+        return self.cohort / "split.json"
+
+    @property
+    def spec(self) -> Path:
+        return self.cohort / "spec.yaml"
+
+    @property
+    def quality(self) -> Path:
+        return self.cohort / "quality.json"
+
+    @property
+    def model(self) -> Path:
+        return self.classifier / "model.skops"
+
+    def cf_file(self, method: str) -> Path:
+        return self.cfs / f"{method}.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    # readers
+    def load_spec(self) -> DatasetSpec:
+        if not self.spec.exists():
+            raise FileNotFoundError(f"{self.spec}: no cohort spec; build the cohort first")
+        return DatasetSpec.from_yaml(self.spec)
+
+    def load_cohort(self) -> tuple[pd.DataFrame, DatasetSpec]:
+        """The cohort table and its spec (with learned ranges)."""
+        if not self.features.exists():
+            raise FileNotFoundError(f"{self.features}: no cohort table; build the cohort first")
+        return pd.read_parquet(self.features), self.load_spec()
+
+    def is_synthetic(self) -> bool:
+        """True only when the cohort's provenance says it was built from a synthetic release."""
+        prov = self.cohort / "provenance.json"
+        if not prov.exists():
+            return False
+        return json.loads(prov.read_text()).get("source", {}).get("synthetic") is True
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_provenance(
+    stage_dir: str | Path,
+    *,
+    config: dict,
+    inputs: list[str | Path] = (),
+    seed: int | None = None,
+    source: dict | None = None,
+) -> Path:
+    """Record what produced a stage's artifact: command, seed, config, versions, commit, input hashes."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "seed": seed,
+        "config": config,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "inputs": {str(p): file_sha256(p) for p in inputs if Path(p).is_file()},
+    }
+    if source is not None:
+        record["source"] = source
+    path = stage_dir / "provenance.json"
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
