@@ -6,7 +6,6 @@ resumes with nothing lost and nothing duplicated.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path

@@ -25,7 +25,8 @@ GENERIC_SPEC = {
     "features": [
         {"name": "chol", "prompt_name": "Cholesterol", "kind": "continuous", "mutable": True, "decimals": 1},
         {"name": "bp", "prompt_name": "Blood pressure", "kind": "integer", "mutable": True},
-        {"name": "smoker", "prompt_name": "Smoker", "kind": "categorical", "mutable": True, "categories": ["no", "yes"]},
+        {"name": "smoker", "prompt_name": "Smoker", "kind": "categorical", "mutable": True,
+         "categories": ["no", "yes"]},
         {"name": "age", "prompt_name": "Age", "kind": "integer", "mutable": False},
         {"name": "sex", "prompt_name": "Sex", "kind": "categorical", "mutable": False, "categories": ["f", "m"]},
     ],

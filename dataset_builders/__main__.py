@@ -1,0 +1,28 @@
+"""`python -m dataset_builders <command> ...`: one entry point for the dataset builders.
+
+Each command is its own module with its own --help; this only dispatches.
+"""
+
+import runpy
+import sys
+
+COMMANDS = {
+    "synth": ("dataset_builders.synth", "write a synthetic AI-READI release (v3 layout)"),
+    "aireadi": ("dataset_builders.aireadi", "read an AI-READI release into a cohort (windows, features, split)"),
+    "pairs": ("dataset_builders.pairs", "build SFT pairs (Fig. 4 prompt -> teacher CF) for Axolotl"),
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print("usage: python -m dataset_builders {" + ",".join(COMMANDS) + "} [--help]\n")
+        for name, (_, what) in COMMANDS.items():
+            print(f"  {name:8s} {what}")
+        sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
+    name = sys.argv.pop(1)
+    sys.argv[0] = f"python -m dataset_builders {name}"
+    runpy.run_module(COMMANDS[name][0], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
