@@ -1,0 +1,311 @@
+"""CF quality metrics (DESIGN.md "Metric definitions"; the paper's §II-F and CARLA's redundancy/yNN).
+
+All metrics are computed from CF records, per (method, factual class) where the class is the
+factual's predicted class (`factual_pred`), as in Table III:
+
+- parse_rate: share of records with a parsed CF.
+- validity: share of records whose parsed CF the black box puts in the desired class; a CF
+  that failed to parse counts as invalid.
+- distance: L2 over numeric (continuous + integer) features min-max scaled by the spec's
+  training ranges, plus the Hamming count over categorical features; mean over parsed CFs.
+- sparsity: mean number of features changed over parsed CFs; a number is unchanged when it is
+  equal at the feature's display precision.
+- plausibility: share of parsed CFs with every number (at display precision) inside the spec's
+  training min/max and every category seen in the training frame.
+- immutables_violated: share of parsed CFs that change an immutable feature.
+- coherence: share of parsed CFs whose every composition group sums to its total within display
+  precision (|sum - total| <= sum over members of 0.5 * 10^-decimals); NaN if the spec has no group.
+- actionability: changed features that are mutable / all changed features, pooled over parsed CFs.
+- seconds_per_cf: mean `seconds` over records.
+- redundancy (CARLA): mean over valid CFs of the number of changed features that, reverted
+  alone to the factual value, keep the CF's predicted class.
+- ynn (CARLA yNN): mean over valid CFs of the share of the k nearest training rows (the same
+  scaled distance) whose black-box prediction equals the CF's desired class.
+
+The black box re-predicts every parsed CF, so the table judges all methods with the saved
+classifier rather than with whatever prediction the generator stored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sensecf.records import CFRecord
+from sensecf.spec import DatasetSpec
+
+# Which direction is better for each metric (Table III marks the best method per column).
+METRIC_DIRECTIONS: dict[str, str] = {
+    "parse_rate": "max",
+    "validity": "max",
+    "distance": "min",
+    "sparsity": "min",
+    "plausibility": "max",
+    "immutables_violated": "min",
+    "coherence": "max",
+    "actionability": "max",
+    "redundancy": "min",
+    "ynn": "max",
+    "seconds_per_cf": "min",
+}
+COUNT_COLUMNS = ["n", "n_parsed", "n_valid"]
+VERIFIED_SUFFIX = "+verified"
+
+
+# --- feature space ------------------------------------------------------------------------
+def require_ranges(spec: DatasetSpec) -> None:
+    missing = [f.name for f in spec.numeric if not f.has_range]
+    if missing:
+        raise ValueError(
+            f"spec '{spec.name}': numeric features {missing} have no learned min/max; "
+            "use the cohort's spec.yaml (RunDir.load_cohort) or spec.with_ranges(train)"
+        )
+
+
+def feature_frame(rows: Sequence[dict] | pd.DataFrame, spec: DatasetSpec, what: str) -> pd.DataFrame:
+    """Spec features as floats (numeric) and strings (categorical); names `what` on bad input."""
+    df = rows.reset_index(drop=True) if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = [n for n in spec.names if n not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing features {missing}")
+    df = df[spec.names].copy()
+    for f in spec.numeric:
+        try:
+            df[f.name] = pd.to_numeric(df[f.name], errors="raise").astype(float)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{what}: feature '{f.name}' is not numeric: {e}") from None
+        if df[f.name].isna().any():
+            raise ValueError(f"{what}: feature '{f.name}' has missing values")
+    for f in spec.categorical:
+        df[f.name] = df[f.name].astype(str)
+    return df
+
+
+def _span(f) -> float:
+    # A constant training column keeps raw units rather than dividing by zero.
+    return (f.max - f.min) or 1.0
+
+
+def scaled_numeric(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Numeric features min-max scaled by the spec's training ranges (n x n_numeric)."""
+    if not spec.numeric:
+        return np.zeros((len(df), 0))
+    lo = np.array([f.min for f in spec.numeric])
+    span = np.array([_span(f) for f in spec.numeric])
+    return (df[[f.name for f in spec.numeric]].to_numpy(float) - lo) / span
+
+
+def distance(a: pd.DataFrame, b: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Row-wise CF distance: scaled L2 over numbers + Hamming count over categories."""
+    l2 = np.sqrt(((scaled_numeric(a, spec) - scaled_numeric(b, spec)) ** 2).sum(axis=1))
+    cats = [f.name for f in spec.categorical]
+    hamming = (a[cats].to_numpy() != b[cats].to_numpy()).sum(axis=1) if cats else 0
+    return l2 + hamming
+
+
+def changed_matrix(a: pd.DataFrame, b: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """n x n_features booleans in spec order: does the value differ at display precision?"""
+    cols = []
+    for f in spec.features:
+        if f.is_numeric:
+            x, y = a[f.name].to_numpy(float), b[f.name].to_numpy(float)
+            cols.append(np.round(x, f.decimals) != np.round(y, f.decimals))
+        else:
+            cols.append(a[f.name].to_numpy() != b[f.name].to_numpy())
+    return np.column_stack(cols) if cols else np.zeros((len(a), 0), bool)
+
+
+def plausible(cfs: pd.DataFrame, spec: DatasetSpec, seen: dict[str, set[str]]) -> np.ndarray:
+    ok = np.ones(len(cfs), bool)
+    for f in spec.numeric:
+        v = np.round(cfs[f.name].to_numpy(float), f.decimals)
+        ok &= (v >= f.min) & (v <= f.max)
+    for f in spec.categorical:
+        ok &= cfs[f.name].isin(seen[f.name]).to_numpy()
+    return ok
+
+
+def coherent(cfs: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    ok = np.ones(len(cfs), bool)
+    for g in spec.groups:
+        total = cfs[g.members].to_numpy(float).sum(axis=1)
+        tolerance = sum(0.5 * 10.0 ** -spec.feature(m).decimals for m in g.members)
+        # A hair of float slack so a sum exactly at the tolerance is not lost to binary rounding.
+        ok &= np.abs(total - g.total) <= tolerance + 1e-9
+    return ok
+
+
+class TrainingNeighbours:
+    """k nearest training rows under the CF distance (brute force in chunks; any feature mix)."""
+
+    def __init__(self, train: pd.DataFrame, spec: DatasetSpec, labels: np.ndarray, chunk: int = 256):
+        self.spec = spec
+        self.num = scaled_numeric(train, spec)
+        self.cat_names = [f.name for f in spec.categorical]
+        self.cat = train[self.cat_names].to_numpy() if self.cat_names else None
+        self.labels = np.asarray(labels)
+        self.chunk = chunk
+
+    def label_share(self, rows: pd.DataFrame, target: np.ndarray, k: int) -> np.ndarray:
+        """Per row, the share of its k nearest training rows whose label equals target[row]."""
+        k = min(k, len(self.labels))
+        num = scaled_numeric(rows, self.spec)
+        cat = rows[self.cat_names].to_numpy() if self.cat_names else None
+        out = np.empty(len(rows))
+        for s in range(0, len(rows), self.chunk):
+            e = min(s + self.chunk, len(rows))
+            d = np.sqrt(((num[s:e, None, :] - self.num[None, :, :]) ** 2).sum(axis=2))
+            if cat is not None:
+                d = d + (cat[s:e, None, :] != self.cat[None, :, :]).sum(axis=2)
+            nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+            out[s:e] = (self.labels[nearest] == np.asarray(target)[s:e, None]).mean(axis=1)
+        return out
+
+
+def check_record(r: CFRecord, spec: DatasetSpec) -> None:
+    """A clear error naming the record when its factual or CF lacks a feature or holds a non-number."""
+    for what, values in (("factual", r.factual), ("cf", r.cf)):
+        if values is None:
+            continue
+        where = f"CF record method={r.method} window={r.window_id} candidate={r.candidate}: {what}"
+        missing = [n for n in spec.names if n not in values]
+        if missing:
+            raise ValueError(f"{where} lacks features {missing}")
+        for f in spec.numeric:
+            try:
+                float(values[f.name])
+            except (TypeError, ValueError):
+                raise ValueError(f"{where} feature '{f.name}' = {values[f.name]!r} is not a number") from None
+
+
+# --- verification -------------------------------------------------------------------------
+def verified_records(records: Sequence[CFRecord], spec: DatasetSpec) -> list[CFRecord]:
+    """One record per (window, method): the valid candidate nearest the factual, else candidate 0.
+
+    Validity here is the record's stored `cf_pred` (what a verifier saw at generation time).
+    The pick is returned as candidate 0 (so cf_metrics takes it) with the method name unchanged
+    — callers label it "<method>+verified" — `extra["verified_candidate"]` naming the candidate
+    it came from, and `seconds` summed over all candidates: the cost of sampling k of them.
+    """
+    by_key: dict[tuple[str, str], list[CFRecord]] = defaultdict(list)
+    for r in records:
+        check_record(r, spec)
+        by_key[(r.window_id, r.method)].append(r)
+    out = []
+    for (window_id, method), group in by_key.items():
+        group = sorted(group, key=lambda r: r.candidate)
+        valid = [r for r in group if r.valid]
+        if valid:
+            cfs = feature_frame([r.cf for r in valid], spec, f"{method} window {window_id} candidates")
+            facts = feature_frame([r.factual for r in valid], spec, f"{method} window {window_id} factual")
+            pick = valid[int(np.argmin(distance(cfs, facts, spec)))]  # argmin: lowest candidate on ties
+        else:
+            pick = next((r for r in group if r.candidate == 0), group[0])
+        out.append(
+            pick.model_copy(
+                update={
+                    "candidate": 0,
+                    "seconds": float(sum(r.seconds for r in group)),
+                    "extra": {**pick.extra, "verified_candidate": pick.candidate, "n_candidates": len(group)},
+                }
+            )
+        )
+    return out
+
+
+def with_verified(records: Sequence[CFRecord], spec: DatasetSpec) -> list[CFRecord]:
+    """The records plus "<method>+verified" picks for every method with more than one candidate."""
+    multi = {r.method for r in records if r.candidate > 0}
+    picked = verified_records([r for r in records if r.method in multi], spec)
+    return list(records) + [r.model_copy(update={"method": r.method + VERIFIED_SUFFIX}) for r in picked]
+
+
+# --- the table ----------------------------------------------------------------------------
+def _nanmean(x) -> float:
+    x = np.asarray(x, float)
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _redundancy(cfs: pd.DataFrame, facts: pd.DataFrame, changed: np.ndarray, cf_pred: np.ndarray,
+                spec: DatasetSpec, blackbox) -> np.ndarray:
+    """Per CF: how many changed features can be reverted alone while keeping the CF's class."""
+    owner, feature = np.nonzero(changed)
+    counts = np.zeros(len(cfs))
+    if len(owner):
+        # One trial row per (CF, changed feature): the CF with that one feature set back.
+        trials = cfs.iloc[owner].reset_index(drop=True)
+        for j in np.unique(feature):
+            name = spec.features[j].name
+            at = feature == j
+            trials.loc[at, name] = facts[name].to_numpy()[owner[at]]
+        kept = blackbox.predict(trials) == cf_pred[owner]
+        np.add.at(counts, owner, kept.astype(float))
+    return counts
+
+
+def cf_metrics(
+    records: Sequence[CFRecord], spec: DatasetSpec, train_df: pd.DataFrame, blackbox, *, ynn_k: int = 5
+) -> pd.DataFrame:
+    """One row per (method, factual class) over candidate-0 records; columns as in the module doc."""
+    require_ranges(spec)
+    records = [r for r in records if r.candidate == 0]
+    for r in records:
+        check_record(r, spec)
+    train = feature_frame(train_df, spec, "training frame")
+    seen = {f.name: set(train[f.name]) for f in spec.categorical}
+    neighbours = TrainingNeighbours(train, spec, blackbox.predict(train)) if records else None
+
+    parsed = [r for r in records if r.cf is not None]
+    cf_pred_of: dict[int, int] = {}
+    if parsed:
+        cfs_all = feature_frame([r.cf for r in parsed], spec, "CF records")
+        preds = blackbox.predict(cfs_all)
+        stale = sum(r.cf_pred is not None and r.cf_pred != int(p) for r, p in zip(parsed, preds, strict=True))
+        if stale:
+            warnings.warn(f"{stale} CF records store a cf_pred that the black box does not reproduce; "
+                          "the metrics use the black box's prediction", stacklevel=2)
+        cf_pred_of = {id(r): int(p) for r, p in zip(parsed, preds, strict=True)}
+
+    mutable = np.array([f.mutable for f in spec.features])
+    groups: dict[tuple[str, int], list[CFRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.method, r.factual_pred)].append(r)
+
+    rows = []
+    for (method, cls), recs in sorted(groups.items()):
+        ok = [r for r in recs if r.cf is not None]
+        row = {"method": method, "class": cls, "n": len(recs), "n_parsed": len(ok)}
+        if ok:
+            where = f"{method} class {cls}"
+            cfs = feature_frame([r.cf for r in ok], spec, f"{where} CFs")
+            facts = feature_frame([r.factual for r in ok], spec, f"{where} factuals")
+            desired = np.array([r.desired_class for r in ok])
+            cf_pred = np.array([cf_pred_of[id(r)] for r in ok])
+            valid = cf_pred == desired
+            changed = changed_matrix(cfs, facts, spec)
+            n_changed = changed.sum(axis=1)
+            redundancy = _redundancy(cfs[valid], facts[valid], changed[valid], cf_pred[valid], spec, blackbox)
+            ynn = neighbours.label_share(cfs[valid], desired[valid], ynn_k) if valid.any() else []
+            row.update(
+                n_valid=int(valid.sum()),
+                validity=valid.sum() / len(recs),
+                distance=_nanmean(distance(cfs, facts, spec)),
+                sparsity=_nanmean(n_changed),
+                plausibility=_nanmean(plausible(cfs, spec, seen)),
+                immutables_violated=_nanmean(changed[:, ~mutable].any(axis=1)),
+                coherence=_nanmean(coherent(cfs, spec)) if spec.groups else float("nan"),
+                actionability=changed[:, mutable].sum() / n_changed.sum() if n_changed.sum() else float("nan"),
+                redundancy=_nanmean(redundancy),
+                ynn=_nanmean(ynn),
+            )
+        else:
+            row.update(n_valid=0, validity=0.0)
+        row["parse_rate"] = len(ok) / len(recs)
+        row["seconds_per_cf"] = _nanmean([r.seconds for r in recs])
+        rows.append(row)
+    columns = ["method", "class", *COUNT_COLUMNS, *METRIC_DIRECTIONS]
+    return pd.DataFrame(rows).reindex(columns=columns)
