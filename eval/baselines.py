@@ -1,0 +1,467 @@
+"""Optimisation baselines (DiCE, CFNOW, NICE) and the teacher on one shared sample of factuals.
+
+    python -m eval.baselines --run runs/demo --methods dice,cfnow,nice,teacher --n 200
+        [--seed 0] [--split test] [--factual-ids FILE] [--cfnow-seconds 2]
+        [--dice-method random --dice-method genetic]
+
+The sample (n split evenly between the two *predicted* classes of the split) goes to
+RUN/cfs/factuals_<split>.json so LLM generation explains the same windows. Desired class =
+1 - predicted class. One CF record per factual and method (dice_random, dice_genetic, cfnow,
+nice, teacher) goes to RUN/cfs/<method>.jsonl (test split) or RUN/cfs/<split>/<method>.jsonl
+(another split, e.g. training windows for augmentation). Re-running skips ids already written.
+
+Immutables are fixed, not just checked: DiCE through `features_to_vary`, cfnow and NICE by
+searching only the mutable columns. Composition groups are not repaired: each record says in
+`extra` whether they hold, and coherence is reported as a metric. CF values are rounded to
+display precision before the black box predicts `cf_pred`; when a method returns several CFs
+the nearest valid one is kept (the nearest overall if none is valid). A method that raises or
+runs out of time yields an "error"/"timeout" record, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+from tqdm import tqdm
+
+from eval.metrics import coherent, distance, feature_frame
+from sensecf.blackbox import BlackBox
+from sensecf.records import CFRecord, RecordWriter, read_records
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
+from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import log_metrics, stage_run
+
+METHODS = ("dice_random", "dice_genetic", "cfnow", "nice", "teacher")
+# --methods accepts these families; "dice" expands to one method per --dice-method.
+FAMILIES = ("dice", "cfnow", "nice", "teacher")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    seed: int = 0
+    cfnow_seconds: float = 2.0
+    cfnow_strategy: str = "greedy"
+    nice_optimization: str = "sparsity"
+    # Hard wall-clock limit per factual for the library call (cfnow's own limit only bounds
+    # its fine-tuning phase, not its first search).
+    timeout_seconds: float = 60.0
+
+
+# --- method names ---------------------------------------------------------------------------
+def expand_methods(methods: list[str], dice_methods: list[str]) -> list[str]:
+    """Method names from the CLI's families ("dice" -> dice_<m> for each DiCE method)."""
+    out: list[str] = []
+    for m in methods:
+        m = m.strip()
+        if m == "dice":
+            names = [f"dice_{d}" for d in dice_methods]
+        elif m in METHODS:
+            names = [m]
+        else:
+            raise ValueError(f"unknown method '{m}'; choose from {', '.join(FAMILIES + METHODS)}")
+        out.extend(n for n in names if n not in out)
+    unknown = [n for n in out if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown DiCE method in {unknown}; --dice-method takes random or genetic")
+    return out
+
+
+# --- factual sample -------------------------------------------------------------------------
+def sample_factuals(frame: pd.DataFrame, predicted: np.ndarray, n: int, seed: int) -> tuple[list[str], dict]:
+    """n window ids, half from each predicted class (seeded). A class with too few windows gives
+    all it has; the shortfall is returned in the note so the caller can show it."""
+    rng = np.random.default_rng(seed)
+    quota = {0: n // 2, 1: n - n // 2}
+    ids: list[str] = []
+    note = {}
+    for cls in (0, 1):
+        pool = frame[ID_COL].to_numpy()[predicted == cls]
+        take = min(quota[cls], len(pool))
+        note[f"class_{cls}"] = {"wanted": quota[cls], "available": int(len(pool)), "taken": int(take)}
+        ids.extend(str(i) for i in rng.choice(pool, size=take, replace=False))
+    return ids, note
+
+
+def read_factual_ids(path: Path) -> list[str]:
+    """A JSON list of window ids, or an object with a "window_ids" list (factuals_<split>.json)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: factual id file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON: {e}") from None
+    ids = data.get("window_ids") if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not ids:
+        raise ValueError(f"{path}: expected a non-empty JSON list of window ids or an object with 'window_ids'")
+    return [str(i) for i in ids]
+
+
+# --- one CF ---------------------------------------------------------------------------------
+def native_values(spec: DatasetSpec, row) -> dict:
+    """Spec features of a row as plain JSON types (numbers as float/int, categories as str)."""
+    out = {}
+    for f in spec.features:
+        v = row[f.name]
+        if f.kind == "integer":
+            out[f.name] = int(round(float(v)))
+        elif f.kind == "continuous":
+            out[f.name] = float(v)
+        else:
+            out[f.name] = str(v)
+    return out
+
+
+def rounded_cf(spec: DatasetSpec, raw: dict) -> dict:
+    """A CF at display precision (what a reader sees and what the black box then predicts)."""
+    out = {}
+    for f in spec.features:
+        v = raw[f.name]
+        if f.kind == "integer":
+            out[f.name] = int(round(float(v)))
+        elif f.kind == "continuous":
+            out[f.name] = f.round_value(v)
+        else:
+            out[f.name] = str(v)
+    return out
+
+
+def immutables_kept(spec: DatasetSpec, factual: dict, cf: dict) -> bool:
+    return all(f.format_value(factual[f.name]) == f.format_value(cf[f.name]) for f in spec.immutable)
+
+
+def group_report(spec: DatasetSpec, cf: dict) -> dict:
+    """Whether the composition groups hold (same tolerance as the coherence metric), and their sums."""
+    if not spec.groups:
+        return {}
+    frame = feature_frame([cf], spec, "CF")
+    sums = {g.name: round(float(sum(cf[m] for m in g.members)), 6) for g in spec.groups}
+    return {"groups_hold": bool(coherent(frame, spec)[0]), "group_sums": sums}
+
+
+def choose_cf(
+    spec: DatasetSpec, blackbox: BlackBox, factual: dict, desired: int, candidates: list[dict]
+) -> tuple[dict, int, int]:
+    """(rounded CF, its prediction, number of valid candidates): nearest valid, else nearest."""
+    cfs = [rounded_cf(spec, c) for c in candidates]
+    frame = feature_frame(cfs, spec, "CF candidates")
+    preds = blackbox.predict(frame)
+    dist = distance(frame, feature_frame([factual] * len(cfs), spec, "factual"), spec)
+    valid = preds == desired
+    pool = np.flatnonzero(valid) if valid.any() else np.arange(len(cfs))
+    best = int(pool[np.argmin(dist[pool])])
+    return cfs[best], int(preds[best]), int(valid.sum())
+
+
+# --- time limit -----------------------------------------------------------------------------
+class MethodTimeout(BaseException):
+    """Raised inside a library call that ran past its limit. A BaseException, so a library's own
+    `except Exception` cannot swallow it."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` (SIGALRM; main thread only, else no limit). An outer
+    timer (e.g. pytest-timeout's) is put back afterwards with its remaining time."""
+    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expire(signum, frame):
+        raise MethodTimeout(f"no result within {seconds:g} s")
+
+    start = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, _expire)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if outer_delay > 0:
+            left = max(outer_delay - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
+
+
+# --- methods --------------------------------------------------------------------------------
+def make_explainer(method: str, spec: DatasetSpec, train: pd.DataFrame, blackbox: BlackBox, cfg: BaselineConfig):
+    """The library wrapper for a method: an object with explain(factual, desired) -> [raw CFs]."""
+    if method.startswith("dice_"):
+        from eval.baseline_dice import DiceExplainer
+
+        return DiceExplainer(spec, train, blackbox, method=method.removeprefix("dice_"), seed=cfg.seed)
+    if method == "cfnow":
+        from eval.baseline_cfnow import CfnowExplainer
+
+        return CfnowExplainer(
+            spec, train, blackbox, seconds=cfg.cfnow_seconds, strategy=cfg.cfnow_strategy, seed=cfg.seed
+        )
+    if method == "nice":
+        from eval.baseline_nice import NiceExplainer
+
+        return NiceExplainer(spec, train, blackbox, optimization=cfg.nice_optimization, seed=cfg.seed)
+    raise ValueError(f"no explainer for method '{method}'")
+
+
+def base_record(method: str, row: pd.Series, factual: dict, pred: int) -> dict:
+    """The fields every record of this factual shares, whatever the method's outcome."""
+    return {
+        "window_id": str(row[ID_COL]),
+        "participant_id": str(row[GROUP_COL]),
+        "method": method,
+        "candidate": 0,
+        "factual": factual,
+        "factual_pred": pred,
+        "desired_class": 1 - pred,
+    }
+
+
+def failure_record(base: dict, status: str, message: str, seconds: float) -> CFRecord:
+    return CFRecord(**base, parse_status=status, seconds=seconds, error=message)
+
+
+def cf_record(spec: DatasetSpec, blackbox: BlackBox, base: dict, candidates: list[dict], seconds: float) -> CFRecord:
+    """The record of a method's answer: the chosen CF, or "no_cf" when it returned none."""
+    if not candidates:
+        return failure_record(base, "no_cf", "the method returned no counterfactual", seconds)
+    cf, cf_pred, n_valid = choose_cf(spec, blackbox, base["factual"], base["desired_class"], candidates)
+    return CFRecord(
+        **base,
+        cf=cf,
+        parse_status="ok",
+        immutables_ok=immutables_kept(spec, base["factual"], cf),
+        cf_pred=cf_pred,
+        seconds=seconds,
+        extra={"candidates": len(candidates), "valid_candidates": n_valid, **group_report(spec, cf)},
+    )
+
+
+def run_search_method(
+    method: str,
+    explain: Callable[[dict, int], list[dict]],
+    todo: list[dict],
+    spec: DatasetSpec,
+    blackbox: BlackBox,
+    writer: RecordWriter,
+    timeout_seconds: float,
+    progress: bool,
+) -> Counter:
+    """One library call per factual, timed with perf_counter; every outcome becomes a record."""
+    counts: Counter = Counter()
+    for base in tqdm(todo, desc=method, disable=not progress, unit="cf"):
+        start = time.perf_counter()
+        try:
+            with time_limit(timeout_seconds):
+                candidates = explain(base["factual"], base["desired_class"])
+            seconds = time.perf_counter() - start
+            record = cf_record(spec, blackbox, base, candidates, seconds)
+        except MethodTimeout as e:
+            record = failure_record(base, "timeout", str(e), time.perf_counter() - start)
+        except Exception as e:  # a failure on one factual (or an unusable answer) must not end the run
+            record = failure_record(base, "error", f"{type(e).__name__}: {e}", time.perf_counter() - start)
+        writer.write(record)
+        counts[record.parse_status] += 1
+    return counts
+
+
+def run_teacher(
+    todo: list[dict],
+    train: pd.DataFrame,
+    spec: DatasetSpec,
+    blackbox: BlackBox,
+    writer: RecordWriter,
+    progress: bool,
+) -> Counter:
+    """The teacher (sensecf.teacher) in one batched call; its per-row seconds go in the records."""
+    from sensecf.teacher import teacher_cfs
+
+    counts: Counter = Counter()
+    if not todo:
+        return counts
+    factuals = pd.DataFrame([base["factual"] for base in todo])
+    start = time.perf_counter()
+    try:
+        result = teacher_cfs(factuals, train, spec, blackbox)
+    except Exception as e:
+        seconds = (time.perf_counter() - start) / len(todo)
+        for base in todo:
+            writer.write(failure_record(base, "error", f"{type(e).__name__}: {e}", seconds))
+        counts["error"] += len(todo)
+        return counts
+    rows = zip(todo, result.cfs, result.detail, result.seconds, strict=True)
+    for base, cf, why, seconds in tqdm(rows, total=len(todo), desc="teacher", disable=not progress):
+        if cf is None:
+            record = failure_record(base, "no_cf", f"teacher: {why}", float(seconds))
+        else:
+            record = cf_record(spec, blackbox, base, [cf], float(seconds))
+        writer.write(record)
+        counts[record.parse_status] += 1
+    return counts
+
+
+# --- the stage ------------------------------------------------------------------------------
+def records_dir(run: RunDir, split: str) -> Path:
+    """Test-split records sit in cfs/ (Table III reads them); other splits in cfs/<split>/."""
+    return run.cfs if split == "test" else run.cfs / split
+
+
+def factuals_file(run: RunDir, split: str) -> Path:
+    return run.cfs / f"factuals_{split}.json"
+
+
+def select_factuals(
+    run: RunDir,
+    split: str,
+    n: int,
+    seed: int,
+    factual_ids: list[str] | None = None,
+) -> tuple[pd.DataFrame, DatasetSpec, BlackBox, pd.DataFrame, dict]:
+    """(factual rows with a `factual_pred` column, spec, black box, training rows, sample note).
+
+    Writes cfs/factuals_<split>.json; refuses to overwrite one that holds a different sample."""
+    df, spec = run.load_cohort()
+    blackbox = BlackBox.load(run.model, spec)
+    train = df[df[SPLIT_COL] == "train"].reset_index(drop=True)
+    pool = df[df[SPLIT_COL] == split].reset_index(drop=True)
+    if pool.empty:
+        raise ValueError(f"{run.features}: no rows with {SPLIT_COL} == '{split}'")
+    predicted = blackbox.predict(pool)
+    if factual_ids is None:
+        ids, note = sample_factuals(pool, predicted, n, seed)
+    else:
+        known = set(pool[ID_COL].astype(str))
+        missing = [i for i in factual_ids if i not in known]
+        if missing:
+            raise ValueError(f"{len(missing)} factual ids are not '{split}' windows of {run.features}: {missing[:5]}")
+        ids, note = list(dict.fromkeys(factual_ids)), {"given": len(factual_ids)}
+    path = factuals_file(run, split)
+    if path.exists() and read_factual_ids(path) != ids:
+        raise ValueError(
+            f"{path} holds a different factual sample; reuse it with --factual-ids {path}, "
+            "or delete it (and the records made from it) to draw a new one"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1))
+    order = {i: k for k, i in enumerate(ids)}
+    chosen = pool.assign(factual_pred=predicted)[pool[ID_COL].astype(str).isin(order)]
+    chosen = chosen.sort_values(ID_COL, key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
+    return chosen, spec, blackbox, train, note
+
+
+def run_baselines(
+    run: RunDir,
+    methods: list[str],
+    *,
+    split: str = "test",
+    n: int = 200,
+    factual_ids: list[str] | None = None,
+    cfg: BaselineConfig = BaselineConfig(),
+    progress: bool = True,
+) -> dict:
+    """Run each method on the shared sample; returns {method: {status: count}} plus failures."""
+    chosen, spec, blackbox, train, note = select_factuals(run, split, n, cfg.seed, factual_ids)
+    out_dir = records_dir(run, split)
+    wanted = set(chosen[ID_COL].astype(str))
+    summary: dict = {"split": split, "n_factuals": len(chosen), "sample": note, "methods": {}, "failed_methods": {}}
+    for method in methods:
+        with RecordWriter(out_dir / f"{method}.jsonl") as writer:
+            todo = [
+                base_record(method, row, native_values(spec, row), int(row["factual_pred"]))
+                for _, row in chosen.iterrows()
+                if not writer.is_done(str(row[ID_COL]), method)
+            ]
+            skipped = len(chosen) - len(todo)
+            try:
+                if method == "teacher":
+                    counts = run_teacher(todo, train, spec, blackbox, writer, progress)
+                else:
+                    explainer = make_explainer(method, spec, train, blackbox, cfg)
+                    counts = run_search_method(
+                        method, explainer.explain, todo, spec, blackbox, writer, cfg.timeout_seconds, progress
+                    )
+            except Exception as e:  # set-up failed (bad data for this library): go on with the others
+                summary["failed_methods"][method] = f"{type(e).__name__}: {e}"
+                continue
+        all_records = [r for r in read_records(out_dir / f"{method}.jsonl") if r.window_id in wanted]
+        summary["methods"][method] = {
+            "written": dict(counts),
+            "already_done": skipped,
+            "status": dict(Counter(r.parse_status for r in all_records)),
+            "seconds_per_cf": float(np.mean([r.seconds for r in all_records])) if all_records else None,
+        }
+    write_provenance(
+        out_dir / "baselines",
+        config={"methods": methods, "split": split, "n": n, **asdict(cfg), "summary": summary},
+        inputs=[run.features, run.spec, run.model, factuals_file(run, split)],
+        seed=cfg.seed,
+    )
+    return summary
+
+
+def wandb_aggregates(summary: dict) -> dict:
+    """Counts and timings only: "<method>/<status>" and "<method>/seconds_per_cf"."""
+    out: dict = {"n_factuals": summary["n_factuals"]}
+    for method, info in summary["methods"].items():
+        out.update({f"{method}/{status}": count for status, count in info["status"].items()})
+        if info["seconds_per_cf"] is not None:
+            out[f"{method}/seconds_per_cf"] = info["seconds_per_cf"]
+    return out
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    run: Path = typer.Option(..., help="run directory with cohort/ and classifier/"),
+    methods: str = typer.Option("dice,cfnow,nice,teacher", help="comma-separated: dice, cfnow, nice, teacher"),
+    n: int = typer.Option(200, help="number of factuals, split evenly between the two predicted classes"),
+    seed: int = typer.Option(0, help="seed of the factual sample and of the searches"),
+    split: str = typer.Option("test", help="split to draw factuals from (train: for augmentation)"),
+    factual_ids: Path | None = typer.Option(None, help="JSON list of window ids to explain instead of sampling"),
+    cfnow_seconds: float = typer.Option(2.0, help="cfnow's limit_seconds (its fine-tuning budget per CF)"),
+    cfnow_strategy: str = typer.Option("greedy", help="cfnow cf_strategy: greedy, random, random-sequential"),
+    dice_method: list[str] = typer.Option(["random"], help="DiCE search for 'dice' (repeatable): random, genetic"),
+    nice_optimization: str = typer.Option("sparsity", help="NICE optimization: sparsity, proximity, none"),
+    timeout_seconds: float = typer.Option(60.0, help="hard limit per CF; past it the record is a 'timeout'"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+    wandb: bool = typer.Option(True, help="log status counts and seconds per CF to W&B (offline by default)"),
+) -> None:
+    """Write one CF record per factual and method to RUN/cfs/<method>.jsonl."""
+    try:
+        names = expand_methods(methods.split(","), dice_method)
+        ids = read_factual_ids(factual_ids) if factual_ids else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    cfg = BaselineConfig(seed, cfnow_seconds, cfnow_strategy, nice_optimization, timeout_seconds)
+    summary = run_baselines(RunDir(run), names, split=split, n=n, factual_ids=ids, cfg=cfg, progress=not quiet)
+    for cls, c in summary["sample"].items():
+        if isinstance(c, dict) and c["taken"] < c["wanted"]:
+            typer.echo(f"note: {cls} has only {c['available']} predicted windows in '{split}'; took all of them")
+    for method, info in summary["methods"].items():
+        status = ", ".join(f"{k} {v}" for k, v in sorted(info["status"].items()))
+        typer.echo(
+            f"{method}: {status}; {sum(info['written'].values())} new, {info['already_done']} already done; "
+            f"{info['seconds_per_cf'] or 0:.2f} s per CF"
+        )
+    if wandb:
+        with stage_run(RunDir(run), "baselines", {"methods": names, "split": split, "n": n, **asdict(cfg)}) as wb:
+            log_metrics(wb, wandb_aggregates(summary))
+    for method, error in summary["failed_methods"].items():
+        typer.echo(f"{method}: FAILED to start: {error}", err=True)
+    if summary["failed_methods"]:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
