@@ -1,0 +1,112 @@
+"""Weights & Biases for every stage: one W&B run per stage, grouped by run directory.
+
+    with stage_run(run, "baselines", config) as wb:
+        log_metrics(wb, {"validity": 0.93})
+        log_table(wb, "table3", table3_df)
+        log_image(wb, "fig6", run.eval / "fig6.png")
+
+Offline unless WANDB_MODE says otherwise; files go under RUN/wandb/ (`wandb sync` uploads them
+later). Privacy (DESIGN.md): configs lose every key that looks like a secret, console output is
+not captured, and only aggregates are logged unless a caller passes `log_rows=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from numbers import Number
+from pathlib import Path
+
+import pandas as pd
+
+from sensecf.rundir import GROUP_COL, ID_COL, RunDir
+
+DEFAULT_PROJECT = "sensecf"
+SECRET_WORDS = ("key", "token", "secret", "password")
+# A table is treated as row-level data (refused without log_rows=True) when it carries row
+# identifiers or has more rows than an aggregate table (Table III, a ratio sweep) ever needs.
+ROW_ID_COLUMNS = (ID_COL, GROUP_COL)
+MAX_AGGREGATE_ROWS = 500
+
+
+class RowLevelDataError(ValueError):
+    """Row-level data offered to W&B without log_rows=True."""
+
+
+def strip_secrets(config: dict) -> dict:
+    """A copy without keys containing key/token/secret/password (case-insensitive), at any depth."""
+    out = {}
+    for k, v in config.items():
+        if any(word in str(k).lower() for word in SECRET_WORDS):
+            continue
+        out[k] = strip_secrets(v) if isinstance(v, dict) else v
+    return out
+
+
+def _configure_environment() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@contextmanager
+def stage_run(run: RunDir, stage: str, config: dict, group: str | None = None) -> Iterator:
+    """A W&B run for one stage: job_type = stage, group = the run directory's name."""
+    _configure_environment()
+    import wandb
+
+    wandb_dir = run.root / "wandb"
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    wb = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
+        dir=str(wandb_dir),
+        group=group or run.root.resolve().name,
+        job_type=stage,
+        name=f"{run.root.resolve().name}-{stage}",
+        config=strip_secrets(config),
+        reinit="create_new",
+        settings=wandb.Settings(console="off", save_code=False),
+    )
+    try:
+        yield wb
+    except BaseException:
+        wb.finish(exit_code=1)
+        raise
+    wb.finish()
+
+
+def _is_row_level(df: pd.DataFrame) -> str | None:
+    ids = [c for c in ROW_ID_COLUMNS if c in df.columns or c in (df.index.names or [])]
+    if ids:
+        return f"it has row identifier columns {ids}"
+    if len(df) > MAX_AGGREGATE_ROWS:
+        return f"it has {len(df)} rows (more than {MAX_AGGREGATE_ROWS})"
+    return None
+
+
+def log_table(wb_run, name: str, df: pd.DataFrame, *, log_rows: bool = False) -> None:
+    """Log a table; a row-level one (see ROW_ID_COLUMNS / MAX_AGGREGATE_ROWS) needs log_rows=True."""
+    import wandb
+
+    why = _is_row_level(df)
+    if why and not log_rows:
+        raise RowLevelDataError(f"W&B table '{name}' looks row-level ({why}); pass log_rows=True to log it anyway")
+    wb_run.log({name: wandb.Table(dataframe=df.reset_index(drop=not any(df.index.names)))})
+
+
+def log_image(wb_run, name: str, path: str | Path) -> None:
+    import wandb
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image to log to W&B not found")
+    wb_run.log({name: wandb.Image(str(path))})
+
+
+def log_metrics(wb_run, metrics: dict, *, step: int | None = None) -> None:
+    """Scalars only (numbers, strings, booleans); lists or arrays would be per-row values."""
+    bad = {k: type(v).__name__ for k, v in metrics.items() if not isinstance(v, Number | str | bool)}
+    if bad:
+        raise RowLevelDataError(f"log_metrics takes scalars only; got {bad} (use log_table for tables)")
+    wb_run.log(dict(metrics), step=step)
+    wb_run.summary.update(metrics)
