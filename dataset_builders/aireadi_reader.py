@@ -1,0 +1,681 @@
+"""Read an AI-READI release (v1, v2 or v3 layout) into tidy numpy arrays, one participant at a time.
+
+Format facts come from the project's AI-READI format notes (reference/aireadi-format.md):
+participants.tsv with `person_id` (v3) or `participant_id` (v1/v2); wearable files under
+datatype/modality/device/<pid>/, located through each datatype's manifest.tsv when it names
+them; CGM body a bare list (v1) or `body.cgm` (v2/v3); sleep time frames under
+`effective_time_frame` (v3) or `sleep_stage_time_frame` (v2); timestamps "...Z" or
+"YYYY-MM-DD HH:MM:SS", both UTC, converted to the participant's local clock.
+
+Every quirk the reader repairs is counted in a `ReadLog`; every file it cannot use either
+raises `AireadiFormatError` naming the file and the reason (strict) or is recorded with its
+reason (lenient). Nothing is dropped without a count.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+
+LOS_ANGELES = "America/Los_Angeles"
+CHICAGO = "America/Chicago"
+TZ_BY_HEADER = {"pst": LOS_ANGELES, "cst": CHICAGO}
+TZ_BY_SITE = {"UW": LOS_ANGELES, "UCSD": LOS_ANGELES, "UAB": CHICAGO}
+# The pipeline's rule when no site is given: 1***/2*** UW, 4***/5*** UCSD, 7***/8*** UAB.
+TZ_BY_FIRST_DIGIT = {"1": LOS_ANGELES, "2": LOS_ANGELES, "4": LOS_ANGELES, "5": LOS_ANGELES, "7": CHICAGO, "8": CHICAGO}
+
+# Dexcom writes readings below 40 mg/dL as "Low" and above 400 as "High". For range counts
+# (TIR, hyperglycaemia) they sit just outside the sensor range; means clip them to 40/400.
+GLUCOSE_LOW = 39.0
+GLUCOSE_HIGH = 401.0
+
+SLEEP_STAGES = {"awake": 0, "light": 1, "deep": 2, "rem": 3}
+UNKNOWN_STAGE = -1
+MAX_RECORD_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    datatype: str  # top-level folder, also the participants.tsv flag column
+    standard_path: str  # relative to the dataset root, {pid} filled in
+    manifest_columns: tuple[str, ...]  # v3 `*_filepath`; the docs' `*_filename` accepted too
+
+
+_GARMIN = "wearable_activity_monitor/{folder}/garmin_vivosmart5/{{pid}}/{{pid}}_{suffix}.json"
+MODALITIES = {
+    "cgm": Modality(
+        "cgm",
+        "wearable_blood_glucose",
+        "wearable_blood_glucose/continuous_glucose_monitoring/dexcom_g6/{pid}/{pid}_DEX.json",
+        ("glucose_filepath", "glucose_filename"),
+    ),
+    "activity": Modality(
+        "activity",
+        "wearable_activity_monitor",
+        _GARMIN.format(folder="physical_activity", suffix="activity"),
+        ("physical_activity_filepath", "physical_activity_filename"),
+    ),
+    "sleep": Modality(
+        "sleep",
+        "wearable_activity_monitor",
+        _GARMIN.format(folder="sleep", suffix="sleep"),
+        ("sleep_filepath", "sleep_filename"),
+    ),
+    "stress": Modality(
+        "stress",
+        "wearable_activity_monitor",
+        _GARMIN.format(folder="stress", suffix="stress"),
+        ("stress_level_filepath", "stress_level_filename"),
+    ),
+    "heart_rate": Modality(
+        "heart_rate",
+        "wearable_activity_monitor",
+        _GARMIN.format(folder="heart_rate", suffix="heartrate"),
+        ("heartrate_filepath", "heartrate_filename"),
+    ),
+}
+# The modalities the window features need; a participant without one of them is skipped.
+REQUIRED = ("cgm", "activity", "sleep", "stress")
+
+
+class AireadiFormatError(ValueError):
+    """Input the reader cannot use; the message names the file and the reason."""
+
+
+@dataclass
+class ReadLog:
+    """Counts of repaired quirks and the files that could not be used."""
+
+    strict: bool = False
+    quirks: Counter = field(default_factory=Counter)
+    failures: list[dict] = field(default_factory=list)
+
+    def count(self, key: str, n: int = 1) -> None:
+        if n:
+            self.quirks[key] += int(n)
+
+    def fail(self, path: Path | str, reason: str) -> None:
+        """A file (or a record in it) that cannot be used: raise when strict, else record it."""
+        if self.strict:
+            raise AireadiFormatError(f"{path}: {reason}")
+        self.failures.append({"path": str(path), "reason": reason})
+
+
+# --- release-level files -------------------------------------------------------------------
+def find_root(directory: str | Path, max_depth: int = 6) -> Path:
+    """The folder holding participants.tsv: DIR itself, or the shallowest one below it (the
+    fairhub download nests the release under `.../dataset/`)."""
+    level = [Path(directory)]
+    if not level[0].is_dir():
+        raise AireadiFormatError(f"{directory}: not a directory")
+    for _ in range(max_depth + 1):
+        found = sorted(d for d in level if (d / "participants.tsv").is_file())
+        if found:
+            return found[0]
+        nxt = []
+        for d in level:
+            try:
+                nxt.extend(Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue
+        level = sorted(nxt)
+        if not level:
+            break
+    raise AireadiFormatError(f"{directory}: no participants.tsv in it or in its subfolders (depth {max_depth})")
+
+
+def _id_column(columns, path: Path) -> str:
+    for name in ("person_id", "participant_id"):
+        if name in columns:
+            return name
+    raise AireadiFormatError(f"{path}: no 'person_id' (v3) or 'participant_id' (v1/v2) column; got {list(columns)}")
+
+
+def read_participants(root: Path) -> pd.DataFrame:
+    """participants.tsv with the id column normalised to `participant_id` (str) and the
+    datatype flag columns ("TRUE"/"FALSE") as booleans."""
+    path = root / "participants.tsv"
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    df = df.rename(columns={_id_column(df.columns, path): "participant_id"})
+    df["participant_id"] = df["participant_id"].str.strip()
+    dupes = df["participant_id"][df["participant_id"].duplicated()].tolist()
+    if dupes:
+        raise AireadiFormatError(f"{path}: participant ids listed twice: {dupes[:10]}")
+    for flag in {m.datatype for m in MODALITIES.values()}:
+        if flag in df.columns:
+            df[flag] = df[flag].str.strip().str.upper().map({"TRUE": True, "FALSE": False})
+    return df
+
+
+def read_manifest_paths(root: Path) -> dict[str, dict[str, str | None]]:
+    """{modality: {participant_id: path relative to root, or None where the manifest says
+    "None"}} from the datatype manifests that exist (they are optional)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for datatype in sorted({m.datatype for m in MODALITIES.values()}):
+        path = root / datatype / "manifest.tsv"
+        if not path.is_file():
+            continue
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        ids = df[_id_column(df.columns, path)].str.strip()
+        for mod in MODALITIES.values():
+            if mod.datatype != datatype:
+                continue
+            col = next((c for c in mod.manifest_columns if c in df.columns), None)
+            if col is None:
+                continue
+            values = df[col].str.strip()
+            missing = values.str.lower().isin(["none", ""])
+            out[mod.name] = {pid: (None if miss else val) for pid, val, miss in zip(ids, values, missing, strict=True)}
+    return out
+
+
+def release_version(root: Path) -> str | None:
+    """The release's version from dataset_description.json, else the first version in CHANGELOG.md."""
+    desc = root / "dataset_description.json"
+    if desc.is_file():
+        try:
+            doc = orjson.loads(desc.read_bytes())
+        except orjson.JSONDecodeError:
+            doc = {}
+        if isinstance(doc, dict):
+            for key, value in doc.items():
+                if key.lower() in ("version", "datasetversion", "dataset_version") and isinstance(value, str | int):
+                    return str(value)
+    changelog = root / "CHANGELOG.md"
+    if changelog.is_file():
+        match = re.search(r"v?(\d+\.\d+\.\d+)", changelog.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+    return None
+
+
+def is_synthetic_release(root: Path) -> bool:
+    """True iff ROOT/synthetic_release.json exists and says `"synthetic": true`."""
+    marker = root / "synthetic_release.json"
+    if not marker.is_file():
+        return False
+    try:
+        doc = orjson.loads(marker.read_bytes())
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("synthetic") is True
+
+
+def participant_timezone(pid: str, site: str | None) -> str | None:
+    """The local time zone from the clinical site, else from the id's first digit."""
+    if site and site.strip().upper() in TZ_BY_SITE:
+        return TZ_BY_SITE[site.strip().upper()]
+    return TZ_BY_FIRST_DIGIT.get(pid[:1])
+
+
+def locate(
+    root: Path, pid: str, modality: str, manifests: dict, flags: dict[str, bool | None]
+) -> tuple[Path | None, bool]:
+    """(file, expected): the file from the manifest, else the standard path; `expected` is
+    False when the release itself says the data is absent (manifest "None" or flag FALSE),
+    so a missing file is then not an input error."""
+    mod = MODALITIES[modality]
+    listed = manifests.get(modality, {})
+    if pid in listed and listed[pid] is None:
+        return None, False
+    if listed.get(pid):
+        candidate = root / listed[pid].lstrip("/")
+        if candidate.is_file():
+            return candidate, True
+    standard = root / mod.standard_path.format(pid=pid)
+    if standard.is_file():
+        return standard, True
+    return None, flags.get(mod.datatype) is not False
+
+
+def standard_path(root: Path, pid: str, modality: str) -> Path:
+    return root / MODALITIES[modality].standard_path.format(pid=pid)
+
+
+# --- one file ------------------------------------------------------------------------------
+def _load_records(path: Path, list_key: str, log: ReadLog) -> tuple[list | None, str | None]:
+    """(records, header timezone) of one wearable JSON; None records when it failed."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except OSError as e:
+        log.fail(path, f"cannot read: {e.strerror}")
+        return None, None
+    except orjson.JSONDecodeError as e:
+        log.fail(path, f"not valid JSON: {e}")
+        return None, None
+    if not isinstance(doc, dict):
+        log.fail(path, "top level is not a JSON object")
+        return None, None
+    header = doc.get("header") if isinstance(doc.get("header"), dict) else {}
+    tz = header.get("timezone")
+    body = doc.get("body")
+    if isinstance(body, dict):
+        # v2/v3: exactly one list under body; the key names the modality.
+        records = body.get(list_key)
+        if records is None and len(body) == 1:
+            records = next(iter(body.values()))
+    else:
+        records = body  # v1 CGM: body is the bare list
+    if not isinstance(records, list):
+        log.fail(path, f"no list of records under 'body' (expected body.{list_key} or a bare list)")
+        return None, None
+    if not records:
+        log.fail(path, "empty list of records")
+        return None, None
+    return records, tz if isinstance(tz, str) else None
+
+
+def _pluck_slowly(records: list, fields, path: Path, modality: str, log: ReadLog) -> list[tuple]:
+    """Per-record extraction for files the fast comprehension choked on: malformed records
+    are counted (or raise when strict)."""
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(fields(rec))
+        except (KeyError, TypeError, AttributeError, IndexError):
+            if log.strict:
+                log.fail(path, f"record {i} lacks the expected {modality} fields: {str(rec)[:200]}")
+            log.count(f"malformed_records_{modality}")
+    return out
+
+
+def parse_utc(stamps: list, path: Path, modality: str, log: ReadLog) -> np.ndarray:
+    """UTC datetime64[s] from "YYYY-MM-DDTHH:MM:SSZ" or "YYYY-MM-DD HH:MM:SS" strings; NaT
+    (counted as bad_timestamps_<modality>, or raised when strict) for anything else."""
+    try:
+        simple = all(len(s) == 19 or (len(s) == 20 and s[19] == "Z") for s in stamps)
+    except TypeError:  # a non-string timestamp
+        simple = False
+    if simple:
+        try:
+            return np.array([s[:19] for s in stamps], dtype="datetime64[s]")
+        except ValueError:
+            pass
+    # Slow path, rare: pandas parses each ISO-8601 form and marks the rest NaT.
+    as_text = [s if isinstance(s, str) else "" for s in stamps]
+    parsed = pd.to_datetime(pd.Series(as_text), format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        if log.strict:
+            log.fail(path, f"timestamp does not parse: {stamps[int(np.argmax(bad))]!r}")
+        log.count(f"bad_timestamps_{modality}", int(bad.sum()))
+    return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
+
+
+def to_local(utc: np.ndarray, tz: str) -> np.ndarray:
+    """Wall-clock (tz-naive) datetime64[s] in `tz` for UTC datetime64[s]."""
+    idx = pd.DatetimeIndex(utc).tz_localize("UTC").tz_convert(tz).tz_localize(None)
+    return idx.to_numpy().astype("datetime64[s]")
+
+
+def _keep_unique_sorted(keys: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Indices that sort records by `keys` (first key primary) keeping the first of records
+    whose keys repeat, and the number of repeats dropped."""
+    order = np.lexsort(keys[::-1])
+    if len(order) < 2:
+        return order, 0
+    same = np.ones(len(order) - 1, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        same &= ks[1:] == ks[:-1]
+    keep = np.concatenate([[True], ~same])
+    return order[keep], int(same.sum())
+
+
+def _drop_bad_intervals(start, end, modality: str, log: ReadLog) -> np.ndarray:
+    """Mask of intervals to keep: end >= start and at most 24 h long; the rest counted."""
+    bad = (end < start) | ((end - start).astype(np.int64) > MAX_RECORD_SECONDS)
+    log.count(f"bad_intervals_{modality}", int(bad.sum()))
+    return ~bad
+
+
+@dataclass
+class Glucose:
+    time: np.ndarray  # local datetime64[s], sorted, unique
+    value: np.ndarray  # mg/dL; "Low" -> GLUCOSE_LOW, "High" -> GLUCOSE_HIGH
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+@dataclass
+class Activity:
+    start: np.ndarray  # local datetime64[s]
+    end: np.ndarray
+    steps: np.ndarray  # float, NaN where the record has no step value
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+@dataclass
+class Sleep:
+    start: np.ndarray  # local datetime64[s]
+    end: np.ndarray
+    stage: np.ndarray  # int8: SLEEP_STAGES codes, UNKNOWN_STAGE for unknown or unstaged
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+@dataclass
+class Stress:
+    time: np.ndarray  # local datetime64[s]
+    value: np.ndarray  # 0..100, NaN for sentinels
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+def _point_time(rec: dict) -> str:
+    etf = rec["effective_time_frame"]
+    return etf["date_time"] if "date_time" in etf else etf["time_interval"]["start_date_time"]
+
+
+def read_glucose(path: Path, tz: str, log: ReadLog) -> Glucose | None:
+    records, header_tz = _load_records(path, "cgm", log)
+    if records is None:
+        return None
+    try:
+        stamps = [r["effective_time_frame"]["time_interval"]["start_date_time"] for r in records]
+        values = [r["blood_glucose"]["value"] for r in records]
+    except (KeyError, TypeError):
+        rows = _pluck_slowly(records, lambda r: (_point_time(r), r["blood_glucose"]["value"]), path, "cgm", log)
+        stamps, values = [r[0] for r in rows], [r[1] for r in rows]
+    n_low, n_high = values.count("Low"), values.count("High")
+    log.count("glucose_low", n_low)
+    log.count("glucose_high", n_high)
+    if n_low or n_high:
+        values = [GLUCOSE_LOW if v == "Low" else GLUCOSE_HIGH if v == "High" else v for v in values]
+    try:
+        value = np.array(values, dtype=float)
+    except (ValueError, TypeError):
+        value = np.array([_number(v) for v in values], dtype=float)
+    bad_value = np.isnan(value)
+    if bad_value.any():
+        if log.strict:
+            log.fail(path, f"glucose value is not a number, 'Low' or 'High': {values[int(np.argmax(bad_value))]!r}")
+        log.count("bad_values_cgm", int(bad_value.sum()))
+    utc = parse_utc(stamps, path, "cgm", log)
+    ok = ~np.isnat(utc) & ~bad_value
+    time = to_local(utc[ok], TZ_BY_HEADER.get((header_tz or "").lower(), tz))
+    keep, dups = _keep_unique_sorted([time])
+    log.count("duplicates_cgm", dups)
+    return Glucose(time[keep], value[ok][keep])
+
+
+def _number(v) -> float:
+    """float(v) for numbers and numeric strings; NaN otherwise."""
+    if isinstance(v, bool):
+        return np.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _interval(rec: dict, frame_key: str = "effective_time_frame") -> tuple[str, str]:
+    ti = rec[frame_key]["time_interval"]
+    return ti["start_date_time"], ti["end_date_time"]
+
+
+def read_activity(path: Path, tz: str, log: ReadLog) -> Activity | None:
+    records, header_tz = _load_records(path, "activity", log)
+    if records is None:
+        return None
+    try:
+        starts = [r["effective_time_frame"]["time_interval"]["start_date_time"] for r in records]
+        ends = [r["effective_time_frame"]["time_interval"]["end_date_time"] for r in records]
+        values = [r["base_movement_quantity"]["value"] for r in records]
+        names = [r.get("activity_name") for r in records]
+    except (KeyError, TypeError, AttributeError):
+        rows = _pluck_slowly(
+            records,
+            lambda r: (*_interval(r), r["base_movement_quantity"]["value"], r.get("activity_name")),
+            path,
+            "activity",
+            log,
+        )
+        starts, ends, values, names = ([r[i] for r in rows] for i in range(4))
+    # Steps arrive as int, float, numeric string or "" (no value): coerce and count.
+    n_str = sum(type(v) is str for v in values)
+    if n_str:
+        n_empty = sum(1 for v in values if v == "" or v is None)
+        numbers = [_number(v) for v in values]
+        n_unparseable = sum(1 for v, x in zip(values, numbers, strict=True) if v not in ("", None) and np.isnan(x))
+        log.count("steps_empty", n_empty)
+        log.count("steps_string", n_str - n_empty - n_unparseable)
+        log.count("steps_unparseable", n_unparseable)
+        steps = np.array(numbers, dtype=float)
+    else:
+        try:
+            steps = np.array(values, dtype=float)
+        except (TypeError, ValueError):
+            steps = np.array([_number(v) for v in values], dtype=float)
+        log.count("steps_empty", int(np.isnan(steps).sum()))
+    sedentary = np.array([n == "sedentary" for n in names], dtype=bool)
+    steps[sedentary] = 0.0  # Garmin writes sedentary minutes as 0 steps; hold to that
+    start = parse_utc(starts, path, "activity", log)
+    end = parse_utc(ends, path, "activity", log)
+    ok = ~np.isnat(start) & ~np.isnat(end)
+    start, end, steps = start[ok], end[ok], steps[ok]
+    ok = _drop_bad_intervals(start, end, "activity", log)
+    zone = TZ_BY_HEADER.get((header_tz or "").lower(), tz)
+    start, end, steps = to_local(start[ok], zone), to_local(end[ok], zone), steps[ok]
+    keep, dups = _keep_unique_sorted([start, end])
+    log.count("duplicates_activity", dups)
+    return Activity(start[keep], end[keep], steps[keep])
+
+
+def _sleep_fields(rec: dict) -> tuple[str, str, object]:
+    key = "effective_time_frame" if "effective_time_frame" in rec else "sleep_stage_time_frame"
+    return (*_interval(rec, key), rec.get("sleep_stage_state"))
+
+
+def read_sleep(path: Path, tz: str, log: ReadLog) -> Sleep | None:
+    records, header_tz = _load_records(path, "sleep", log)
+    if records is None:
+        return None
+    rows = _pluck_slowly(records, _sleep_fields, path, "sleep", log)  # a few hundred records: no fast path needed
+    states = [r[2] for r in rows]
+    stage = np.array([SLEEP_STAGES.get(s, UNKNOWN_STAGE) for s in states], dtype=np.int8)
+    n_unstaged = sum(s is None for s in states)  # v1 sleep_duration records carry no stage
+    log.count("sleep_no_stage", n_unstaged)
+    log.count("sleep_unknown", int((stage == UNKNOWN_STAGE).sum()) - n_unstaged)
+    start = parse_utc([r[0] for r in rows], path, "sleep", log)
+    end = parse_utc([r[1] for r in rows], path, "sleep", log)
+    ok = ~np.isnat(start) & ~np.isnat(end)
+    start, end, stage = start[ok], end[ok], stage[ok]
+    ok = _drop_bad_intervals(start, end, "sleep", log)
+    zone = TZ_BY_HEADER.get((header_tz or "").lower(), tz)
+    start, end, stage = to_local(start[ok], zone), to_local(end[ok], zone), stage[ok]
+    keep, dups = _keep_unique_sorted([start, end])
+    log.count("duplicates_sleep", dups)
+    return Sleep(start[keep], end[keep], stage[keep])
+
+
+def read_stress(path: Path, tz: str, log: ReadLog) -> Stress | None:
+    records, header_tz = _load_records(path, "stress", log)
+    if records is None:
+        return None
+    try:
+        stamps = [r["effective_time_frame"]["date_time"] for r in records]
+        values = [r["stress"]["value"] for r in records]
+    except (KeyError, TypeError):
+        rows = _pluck_slowly(records, lambda r: (_point_time(r), r["stress"]["value"]), path, "stress", log)
+        stamps, values = [r[0] for r in rows], [r[1] for r in rows]
+    try:
+        value = np.array(values, dtype=float)
+    except (TypeError, ValueError):
+        value = np.array([_number(v) for v in values], dtype=float)
+    unparseable = np.isnan(value)
+    log.count("bad_values_stress", int(unparseable.sum()))
+    # -1/-2 (and any negative) are Garmin's "no value" codes; a few v3 rows read 101.
+    sentinel, over = value < 0, value > 100
+    log.count("stress_sentinel", int(sentinel.sum()))
+    log.count("stress_over_100", int(over.sum()))
+    value[sentinel | over] = np.nan
+    utc = parse_utc(stamps, path, "stress", log)
+    ok = ~np.isnat(utc) & ~unparseable
+    time = to_local(utc[ok], TZ_BY_HEADER.get((header_tz or "").lower(), tz))
+    keep, dups = _keep_unique_sorted([time])
+    log.count("duplicates_stress", dups)
+    return Stress(time[keep], value[ok][keep])
+
+
+def count_heart_rate_zeros(path: Path, log: ReadLog) -> None:
+    """Heart rate is not a feature; read only to count the 0 = 'no reading' sentinel."""
+    records, _ = _load_records(path, "heart_rate", log)
+    if records is None:
+        return
+    try:
+        values = [r["heart_rate"]["value"] for r in records]
+    except (KeyError, TypeError):
+        values = [r[0] for r in _pluck_slowly(records, lambda r: (r["heart_rate"]["value"],), path, "heart_rate", log)]
+    log.count("hr_zero", sum(1 for v in values if v == 0))
+
+
+READERS = {"cgm": read_glucose, "activity": read_activity, "sleep": read_sleep, "stress": read_stress}
+
+
+@dataclass
+class ParticipantData:
+    participant_id: str
+    glucose: Glucose
+    activity: Activity
+    sleep: Sleep
+    stress: Stress
+
+
+def read_participant(
+    root: Path,
+    pid: str,
+    tz: str,
+    manifests: dict,
+    flags: dict[str, bool | None],
+    log: ReadLog,
+    count_heart_rate: bool = False,
+) -> tuple[ParticipantData | None, str | None]:
+    """(data, None), or (None, reason) when a required modality is missing or unusable."""
+    parts, reason = {}, None
+    for modality in REQUIRED:
+        path, expected = locate(root, pid, modality, manifests, flags)
+        if path is None:
+            log.count(f"missing_files_{modality}")
+            if expected:
+                log.fail(standard_path(root, pid, modality), f"{modality} file not found for participant {pid}")
+                reason = reason or f"{modality} file not found"
+            else:
+                reason = reason or f"no {modality} data in the release"
+            continue
+        data = READERS[modality](path, tz, log)
+        if data is None:
+            reason = reason or f"{modality} file unusable"
+        elif len(data) == 0:
+            log.fail(path, f"no usable {modality} records after cleaning")
+            reason = reason or f"no usable {modality} records"
+        parts[modality] = data
+    if count_heart_rate:
+        path, expected = locate(root, pid, "heart_rate", manifests, flags)
+        if path is None:
+            log.count("missing_files_heart_rate")
+        else:
+            count_heart_rate_zeros(path, log)
+    if reason:
+        return None, reason
+    return ParticipantData(pid, parts["cgm"], parts["activity"], parts["sleep"], parts["stress"]), None
+
+
+# --- sex and medication (not in the public release) -------------------------------------------
+SEX_VALUES = {"f": "female", "female": "female", "woman": "female", "m": "male", "male": "male", "man": "male"}
+MEDICATIONS = ("none", "oral_or_noninsulin_injectable", "insulin", "unknown")
+
+
+def read_demographics(path: Path) -> dict[str, dict[str, str | None]]:
+    """{participant_id: {"sex": ..., "medication": ...}} from the controlled-access file
+    (CSV or TSV with person_id or participant_id, sex, medication); blanks -> None."""
+    try:
+        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise AireadiFormatError(f"{path}: demographics file not found") from None
+    id_col = _id_column(df.columns, path)
+    out: dict[str, dict[str, str | None]] = {}
+    for i, row in df.iterrows():
+        pid = row[id_col].strip()
+        entry: dict[str, str | None] = {"sex": None, "medication": None}
+        if "sex" in df.columns and row["sex"].strip():
+            sex = SEX_VALUES.get(row["sex"].strip().lower())
+            if sex is None:
+                raise AireadiFormatError(
+                    f"{path}: row {i + 2} (participant {pid}): sex {row['sex']!r} is not one of female/male (or f/m)"
+                )
+            entry["sex"] = sex
+        if "medication" in df.columns and row["medication"].strip():
+            med = row["medication"].strip().lower()
+            if med not in MEDICATIONS:
+                raise AireadiFormatError(
+                    f"{path}: row {i + 2} (participant {pid}): medication {row['medication']!r} "
+                    f"is not one of {MEDICATIONS}"
+                )
+            entry["medication"] = med
+        out[pid] = entry
+    return out
+
+
+_YES = {"yes", "y", "1", "true"}
+_NO = {"no", "n", "0", "false"}
+CMTRT_DRUG_ITEMS = ("cmtrt_insln", "cmtrt_a1c", "cmtrt_glcs")
+
+
+def _answer(text: str) -> bool | None:
+    """Yes/No from an answer cell ("Yes", "1, Yes", "no" ...); None when it says neither."""
+    tokens = re.split(r"[^a-z0-9]+", text.strip().lower())
+    first = next((t for t in tokens if t), "")
+    return True if first in _YES else False if first in _NO else None
+
+
+def medication_from_observation(root: Path) -> dict[str, str] | None:
+    """{participant_id: medication} from the public cmtrt_* screening items in
+    clinical_data/observation.csv (None when that file is absent).
+
+    insulin yes -> insulin; pills (a1c) or other injections (glcs) yes -> oral_or_noninsulin_injectable;
+    every drug item answered, all no -> none; otherwise (no rows, unanswered) -> unknown."""
+    path = root / "clinical_data" / "observation.csv"
+    if not path.is_file():
+        return None
+    answer_cols = ["value_as_string", "value_source_value", "value_as_number"]
+    df = pd.read_csv(
+        path,
+        dtype=str,
+        keep_default_na=False,
+        usecols=lambda c: c in {"person_id", "participant_id", "observation_source_value", *answer_cols},
+    )
+    if "observation_source_value" not in df.columns:
+        raise AireadiFormatError(f"{path}: no 'observation_source_value' column to find the cmtrt_* items in")
+    id_col = _id_column(df.columns, path)
+    item = df["observation_source_value"].str.split(",", n=1).str[0].str.strip().str.lower()
+    df = df.assign(item=item)[item.isin(CMTRT_DRUG_ITEMS)]
+    present = [c for c in answer_cols if c in df.columns]
+    answers: dict[str, dict[str, bool | None]] = {}
+    for pid, it, *cells in df[[id_col, "item", *present]].itertuples(index=False):
+        said = next((a for a in (_answer(c) for c in cells if c.strip()) if a is not None), None)
+        answers.setdefault(pid.strip(), {})[it] = said
+    out = {}
+    for pid, items in answers.items():
+        if items.get("cmtrt_insln"):
+            out[pid] = "insulin"
+        elif items.get("cmtrt_a1c") or items.get("cmtrt_glcs"):
+            out[pid] = "oral_or_noninsulin_injectable"
+        elif all(items.get(k) is False for k in CMTRT_DRUG_ITEMS):
+            out[pid] = "none"
+        else:
+            out[pid] = "unknown"
+    return out
