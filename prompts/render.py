@@ -1,0 +1,148 @@
+"""Fig. 4 prompts rendered from a DatasetSpec: the one place prompt text is made.
+
+The generation engine, the OpenAI backend and the SFT pair builder all call `build_messages`,
+so a model is trained on exactly the prompts it is later asked. The text before the instance
+is identical for every factual of a dataset (a prefix / KV cache can be shared); the instance
+and the class-specific instruction come last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from sensecf.cfblock import render_block, render_line
+from sensecf.spec import DatasetSpec
+
+TEMPLATES = Path(__file__).parent / "templates"
+_SYSTEM_PROBE = "SENSECF-SYSTEM-PROBE"
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+
+
+def _check_row(spec: DatasetSpec, row: Mapping, what: str) -> None:
+    missing = [n for n in spec.names if n not in row]
+    if missing:
+        raise KeyError(f"{what} lacks spec features {missing}")
+
+
+def _instance_lines(spec: DatasetSpec, row: Mapping) -> str:
+    # The same "name: value" lines as the answer block, so the answer is the instance, edited.
+    return "\n".join(render_line(spec, f.name, row[f.name]) for f in spec.features)
+
+
+def _choices(spec: DatasetSpec) -> list[str]:
+    """Allowed values of mutable categorical features (the model cannot guess them)."""
+    return [f"{f.prompt_name} is one of {', '.join(f.categories)}" for f in spec.mutable if f.categories]
+
+
+def _constraints(spec: DatasetSpec) -> list[str]:
+    out = _choices(spec)
+    for g in spec.groups:
+        total = f"{g.total:g}"
+        out.append(" + ".join(spec.feature(m).prompt_name for m in g.members) + f" = {total}")
+    return out
+
+
+def system_prompt() -> str:
+    return _env().get_template("system.j2").render().strip()
+
+
+def user_prompt(
+    spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[tuple[Mapping, Mapping]] = ()
+) -> str:
+    """The user turn of Fig. 4 (zero-shot without examples, few-shot with them)."""
+    classes = spec.label.classes
+    if desired_class not in classes:
+        raise ValueError(f"desired_class {desired_class!r} is not a class of label '{spec.label.name}' {classes}")
+    predicted = 1 - desired_class  # binary label (LabelSpec enforces classes 0 and 1)
+    _check_row(spec, factual, "factual")
+    rendered_examples = []
+    for i, (ex_factual, ex_cf) in enumerate(examples, start=1):
+        _check_row(spec, ex_factual, f"few-shot example {i} factual")
+        _check_row(spec, ex_cf, f"few-shot example {i} counterfactual")
+        rendered_examples.append(
+            {"instance": _instance_lines(spec, ex_factual), "counterfactual": render_block(spec, ex_cf)}
+        )
+    context = {
+        "label_name": spec.label.name.replace("_", " "),
+        "class_legend": ", ".join(f"label {k} = {v}" for k, v in sorted(classes.items())),
+        "constraints": _constraints(spec),
+        "fixed": [f.prompt_name for f in spec.immutable] or ["(none)"],
+        "examples": rendered_examples,
+        "predicted": predicted,
+        "predicted_words": classes[predicted],
+        "desired_words": classes[desired_class],
+        "instance": _instance_lines(spec, factual),
+    }
+    template = "few_shot.j2" if rendered_examples else "zero_shot.j2"
+    return _env().get_template(template).render(**context).strip()
+
+
+def build_messages(
+    spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[tuple[Mapping, Mapping]] = ()
+) -> list[dict]:
+    """Chat messages [system, user] for one factual; `examples` are (factual, cf) pairs
+    for the same desired class (empty = zero-shot)."""
+    return [
+        {"role": "system", "content": system_prompt()},
+        {"role": "user", "content": user_prompt(spec, factual, desired_class, examples=examples)},
+    ]
+
+
+def training_messages(spec: DatasetSpec, factual: Mapping, desired_class: int, cf: Mapping) -> list[dict]:
+    """`build_messages` plus the CF block as the assistant answer (an SFT example)."""
+    _check_row(spec, cf, "counterfactual")
+    return [*build_messages(spec, factual, desired_class), {"role": "assistant", "content": render_block(spec, cf)}]
+
+
+def has_system_role(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a system turn (Mistral v1's raises or drops it)."""
+    template = tokenizer.chat_template
+    if not template:
+        raise ValueError(f"{type(tokenizer).__name__} has no chat template")
+    return _template_has_system_role(template, tokenizer)
+
+
+_SYSTEM_SUPPORT: dict[str, bool] = {}
+
+
+def _template_has_system_role(template: str, tokenizer) -> bool:
+    if template not in _SYSTEM_SUPPORT:
+        probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "u"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, tokenize=False)
+            _SYSTEM_SUPPORT[template] = _SYSTEM_PROBE in text
+        except jinja2.TemplateError:
+            _SYSTEM_SUPPORT[template] = False
+    return _SYSTEM_SUPPORT[template]
+
+
+def fold_system(messages: Sequence[Mapping]) -> list[dict]:
+    """Merge a leading system turn into the first user turn ("system\\n\\nuser")."""
+    messages = [dict(m) for m in messages]
+    if len(messages) >= 2 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        system = messages.pop(0)
+        messages[0]["content"] = f"{system['content']}\n\n{messages[0]['content']}"
+    return messages
+
+
+def apply_chat_template(tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> str:
+    """The chat text for a tokenizer, folding the system text into the first user turn when
+    its template has no system role (BioMistral / Mistral v1)."""
+    if messages and messages[0]["role"] == "system" and not has_system_role(tokenizer):
+        messages = fold_system(messages)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
