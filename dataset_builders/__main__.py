@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "synth": ("dataset_builders.synth", "write a synthetic AI-READI release (v3 layout)"),
     "aireadi": ("dataset_builders.aireadi", "read an AI-READI release into a cohort (windows, features, split)"),
+    "table": ("dataset_builders.table", "any CSV/parquet table + a DatasetSpec YAML -> a cohort"),
     "pairs": ("dataset_builders.pairs", "build SFT pairs (Fig. 4 prompt -> teacher CF) for Axolotl"),
 }
 
