@@ -195,14 +195,18 @@ def verified_records(records: Sequence[CFRecord], spec: DatasetSpec) -> list[CFR
     for r in records:
         check_record(r, spec)
         by_key[(r.window_id, r.method)].append(r)
+    valid = [r for r in records if r.valid]
+    dist_of: dict[int, float] = {}
+    if valid:  # one batched distance for every valid candidate
+        d = distance(feature_frame([r.cf for r in valid], spec, "valid candidates"),
+                     feature_frame([r.factual for r in valid], spec, "factuals of valid candidates"), spec)
+        dist_of = {id(r): float(x) for r, x in zip(valid, d, strict=True)}
     out = []
-    for (window_id, method), group in by_key.items():
+    for group in by_key.values():
         group = sorted(group, key=lambda r: r.candidate)
-        valid = [r for r in group if r.valid]
-        if valid:
-            cfs = feature_frame([r.cf for r in valid], spec, f"{method} window {window_id} candidates")
-            facts = feature_frame([r.factual for r in valid], spec, f"{method} window {window_id} factual")
-            pick = valid[int(np.argmin(distance(cfs, facts, spec)))]  # argmin: lowest candidate on ties
+        ok = [r for r in group if r.valid]
+        if ok:
+            pick = min(ok, key=lambda r: (dist_of[id(r)], r.candidate))
         else:
             pick = next((r for r in group if r.candidate == 0), group[0])
         out.append(

@@ -1,0 +1,221 @@
+"""Table III and its figures from every CF file of a run.
+
+    python -m eval.report --run runs/demo [--methods teacher --methods dice,nice] [--ynn-k 5]
+
+Reads RUN/cfs/*.jsonl; writes RUN/eval/: table3.csv / table3.md / table3.tex (methods x
+(class 0, class 1) x metrics, best per column marked), cf_metrics.csv (the same numbers, one row
+per method and class), fig6.png (+ fig6.csv), fig8.png, intervention.md, provenance.json.
+A method with several candidates per window also gets a "<method>+verified" row.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from eval.classifier import split_frames
+from eval.figures import feature_change_table, plot_feature_changes, plot_latent_space
+from eval.intervention import intervention_markdown
+from eval.metrics import METRIC_DIRECTIONS, cf_metrics, with_verified
+from sensecf.blackbox import BlackBox
+from sensecf.records import CFRecord, read_records
+from sensecf.rundir import RunDir, write_provenance
+
+# Table III's four metrics first, then ours.
+TABLE_METRICS = [
+    "validity", "distance", "sparsity", "plausibility", "parse_rate", "immutables_violated", "coherence",
+    "actionability", "redundancy", "ynn", "seconds_per_cf",
+]
+LABELS = {
+    "n": "n", "validity": "Validity", "distance": "Distance", "sparsity": "Sparsity", "plausibility": "Plausibility",
+    "parse_rate": "Parsed", "immutables_violated": "Immut. viol.", "coherence": "Coherence",
+    "actionability": "Actionability", "redundancy": "Redundancy", "ynn": "yNN", "seconds_per_cf": "s/CF",
+}
+ARROWS = {"max": "↑", "min": "↓"}
+DECIMALS = 3  # shown, and the precision at which ties for "best" are judged
+
+
+# --- loading ------------------------------------------------------------------------------
+def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[CFRecord], dict[str, int]]:
+    """Records of RUN/cfs/<method>.jsonl for the given methods (all files when None), and the
+    number of records read per file."""
+    available = {p.stem: p for p in sorted(run.cfs.glob("*.jsonl"))}
+    wanted = methods or list(available)
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise FileNotFoundError(f"{run.cfs}: no CF file for {missing}; available: {sorted(available)}")
+    records, counts = [], {}
+    for m in wanted:
+        recs = read_records(available[m])
+        counts[m] = len(recs)
+        records += recs
+    if not records:
+        raise ValueError(f"{run.cfs}: no CF records in {[available[m].name for m in wanted]}")
+    return records, counts
+
+
+# --- Table III ----------------------------------------------------------------------------
+def table3(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, best): both methods x MultiIndex (class, metric); `best` marks, per column, every
+    method tied at the best shown value (only where at least two methods have a value)."""
+    methods = list(dict.fromkeys(metrics["method"]))
+    columns = pd.MultiIndex.from_product([[0, 1], ["n", *TABLE_METRICS]], names=["class", "metric"])
+    values = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
+    for _, row in metrics.iterrows():
+        for m in ["n", *TABLE_METRICS]:
+            values.loc[row["method"], (int(row["class"]), m)] = row.get(m, float("nan"))
+    best = pd.DataFrame(False, index=values.index, columns=columns)
+    for cls, m in columns:
+        if m not in METRIC_DIRECTIONS:
+            continue
+        shown = values[(cls, m)].round(DECIMALS)
+        if shown.notna().sum() < 2:
+            continue
+        target = shown.max() if METRIC_DIRECTIONS[m] == "max" else shown.min()
+        best[(cls, m)] = shown == target
+    return values, best
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{int(value)}" if metric == "n" else f"{value:.{DECIMALS}f}"
+
+
+def _header(metric: str) -> str:
+    arrow = ARROWS.get(METRIC_DIRECTIONS.get(metric, ""), "")
+    return f"{LABELS[metric]} {arrow}".strip()
+
+
+def write_csv(values: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
+    flat = values.copy()
+    flat.columns = [f"class{c}_{m}" for c, m in values.columns]
+    flat["best"] = [";".join(f"class{c}_{m}" for c, m in best.columns if best.loc[method, (c, m)])
+                    for method in values.index]
+    flat.reset_index().to_csv(path, index=False)
+    return path
+
+
+def markdown_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str]) -> str:
+    heads = ["Method"] + [f"C{c} {_header(m)}" for c, m in values.columns]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * len(values.columns)]
+    for method in values.index:
+        cells = [method]
+        for col in values.columns:
+            text = _fmt(values.loc[method, col], col[1])
+            cells.append(f"**{text}**" if best.loc[method, col] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = (
+        f"C0 = factuals predicted {classes[0]} (CF sought: {classes[1]}); C1 = factuals predicted {classes[1]}. "
+        "↑ higher is better, ↓ lower is better; **bold** = best in its column."
+    )
+    return "\n".join(lines) + "\n\n" + legend + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")]:
+        text = text.replace(a, b)
+    return text
+
+
+def latex_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str], caption: str) -> str:
+    per_class = len(values.columns) // 2
+    tex_arrow = {"max": r"$\uparrow$", "min": r"$\downarrow$"}
+    heads = [
+        f"{LABELS[m]} {tex_arrow.get(METRIC_DIRECTIONS.get(m, ''), '')}".strip() for _, m in values.columns
+    ]
+    lines = [
+        r"\begin{table*}[t]",
+        r"\centering",
+        rf"\caption{{{_tex_escape(caption)}}}",
+        r"\label{tab:table3}",
+        r"\resizebox{\textwidth}{!}{%",
+        rf"\begin{{tabular}}{{l{'r' * len(values.columns)}}}",
+        r"\toprule",
+        rf" & \multicolumn{{{per_class}}}{{c}}{{Class 0 ({_tex_escape(classes[0])})}}"
+        rf" & \multicolumn{{{per_class}}}{{c}}{{Class 1 ({_tex_escape(classes[1])})}} \\",
+        rf"\cmidrule(lr){{2-{per_class + 1}}} \cmidrule(lr){{{per_class + 2}-{2 * per_class + 1}}}",
+        "Method & " + " & ".join(heads) + r" \\",
+        r"\midrule",
+    ]
+    for method in values.index:
+        cells = [_tex_escape(method)]
+        for col in values.columns:
+            text = _fmt(values.loc[method, col], col[1]).replace("–", "--")
+            cells.append(rf"\textbf{{{text}}}" if best.loc[method, col] else text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""]
+    return "\n".join(lines)
+
+
+# --- the whole report ---------------------------------------------------------------------
+def build_report(
+    run: RunDir | str | Path, methods: list[str] | None = None, *, ynn_k: int = 5, fig8_sample: int = 200
+) -> dict[str, Path]:
+    """Compute the metrics of every CF file and write all report artifacts; returns their paths."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    df, spec = run.load_cohort()
+    train, _ = split_frames(df)
+    blackbox = BlackBox.load(run.model, spec)
+    records, counts = load_cf_files(run, methods)
+    records = with_verified(records, spec)
+    metrics = cf_metrics(records, spec, train, blackbox, ynn_k=ynn_k)
+
+    out = run.eval
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in
+             ["table3.csv", "table3.md", "table3.tex", "cf_metrics.csv", "fig6.png", "fig6.csv", "fig8.png",
+              "intervention.md"]}
+    metrics.to_csv(paths["cf_metrics.csv"], index=False)
+    values, best = table3(metrics)
+    classes = spec.label.classes
+    write_csv(values, best, paths["table3.csv"])
+    cohort = "synthetic cohort" if run.is_synthetic() else "cohort (not marked synthetic)"
+    verified = sorted({r.method for r in records if r.method.endswith("+verified")})
+    notes = [f"# Table III — CF quality per method and factual class ({spec.name}, {cohort})", ""]
+    notes += [f"Records read: {', '.join(f'{m} {n}' for m, n in counts.items())}."]
+    if verified:
+        notes += [f"Raw rows use candidate 0; {', '.join(verified)} pick the valid candidate nearest the factual."]
+    paths["table3.md"].write_text("\n".join(notes) + "\n\n" + markdown_table(values, best, classes))
+    caption = (f"CF quality on {spec.name} for factuals predicted class 0 ({classes[0]}) and class 1 "
+               f"({classes[1]}). Bold: best per column.")
+    paths["table3.tex"].write_text(latex_table(values, best, classes, caption))
+
+    changes = feature_change_table(records, spec)
+    changes.to_csv(paths["fig6.csv"], index_label="method")
+    plot_feature_changes(changes, paths["fig6.png"])
+    plot_latent_space(records, spec, train, blackbox, paths["fig8.png"], sample=fig8_sample)
+    paths["intervention.md"].write_text(intervention_markdown(records, spec, metrics, blackbox))
+
+    write_provenance(
+        out,
+        config={"methods": list(counts), "records_per_file": counts, "verified": verified, "ynn_k": ynn_k,
+                "fig8_sample": fig8_sample},
+        inputs=[run.features, run.spec, run.model, *(run.cf_file(m) for m in counts)],
+    )
+    return paths
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    run: Path = typer.Option(..., help="run directory holding cohort/, classifier/ and cfs/"),
+    methods: list[str] = typer.Option(None, help="CF files (method names) to include; repeat or comma-separate; "
+                                                 "default: every cfs/*.jsonl"),
+    ynn_k: int = typer.Option(5, help="neighbours for yNN"),
+) -> None:
+    """Write Table III (csv/md/tex), Fig. 6, Fig. 8 and the intervention example into RUN/eval/."""
+    wanted = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()] or None
+    paths = build_report(RunDir(run), wanted, ynn_k=ynn_k)
+    typer.echo(paths["table3.md"].read_text())
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    app()
