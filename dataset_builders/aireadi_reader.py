@@ -14,9 +14,11 @@ reason (lenient). Nothing is dropped without a count.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +243,20 @@ def standard_path(root: Path, pid: str, modality: str) -> Path:
 
 
 # --- one file ------------------------------------------------------------------------------
+@contextmanager
+def _no_gc():
+    """Pause the cyclic garbage collector: a wearable file decodes into ~10^5 small dicts, and
+    the collector's repeated passes over them cost more than decoding them (they hold no
+    cycles; reference counting frees them)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def _load_records(path: Path, list_key: str, log: ReadLog) -> tuple[list | None, str | None]:
     """(records, header timezone) of one wearable JSON; None records when it failed."""
     try:
@@ -287,21 +303,36 @@ def _pluck_slowly(records: list, fields, path: Path, modality: str, log: ReadLog
     return out
 
 
+def _parse_simple_stamps(stamps: list) -> np.ndarray | None:
+    """Vectorised parse when every stamp is "YYYY-MM-DDTHH:MM:SS" (or a space for the T), with
+    or without a trailing "Z"; None when any is not, so the caller takes the careful path."""
+    arr = np.asarray(stamps)
+    if arr.ndim != 1 or arr.dtype.kind != "U" or arr.dtype.itemsize > 20 * 4:
+        return None
+    if len(arr) == 0:
+        return np.empty(0, dtype="datetime64[s]")
+    c = arr.astype("U20").view(np.uint32).reshape(len(arr), 20)
+    shape_ok = (
+        (c[:, 4] == ord("-")) & (c[:, 7] == ord("-")) & ((c[:, 10] == ord("T")) | (c[:, 10] == ord(" ")))
+        & (c[:, 13] == ord(":")) & (c[:, 16] == ord(":")) & (c[:, 18] != 0) & ((c[:, 19] == ord("Z")) | (c[:, 19] == 0))
+    )
+    if not shape_ok.all():
+        return None
+    try:
+        return arr.astype("U19").astype("datetime64[s]")
+    except ValueError:  # right shape, impossible value (month 13, letters for digits)
+        return None
+
+
 def parse_utc(stamps: list, path: Path, modality: str, log: ReadLog) -> np.ndarray:
     """UTC datetime64[s] from "YYYY-MM-DDTHH:MM:SSZ" or "YYYY-MM-DD HH:MM:SS" strings; NaT
     (counted as bad_timestamps_<modality>, or raised when strict) for anything else."""
-    try:
-        simple = all(len(s) == 19 or (len(s) == 20 and s[19] == "Z") for s in stamps)
-    except TypeError:  # a non-string timestamp
-        simple = False
-    if simple:
-        try:
-            return np.array([s[:19] for s in stamps], dtype="datetime64[s]")
-        except ValueError:
-            pass
-    # Slow path, rare: pandas parses each ISO-8601 form and marks the rest NaT.
+    fast = _parse_simple_stamps(stamps)
+    if fast is not None:
+        return fast
+    # Careful path, rare: pandas parses each ISO-8601 form and marks the rest NaT.
     as_text = [s if isinstance(s, str) else "" for s in stamps]
-    parsed = pd.to_datetime(pd.Series(as_text), format="ISO8601", utc=True, errors="coerce")
+    parsed = pd.to_datetime(pd.Series(as_text, dtype=object), format="ISO8601", utc=True, errors="coerce")
     bad = parsed.isna().to_numpy()
     if bad.any():
         if log.strict:
@@ -330,6 +361,23 @@ def _keep_unique_sorted(keys: list[np.ndarray]) -> tuple[np.ndarray, int]:
     return order[keep], int(same.sum())
 
 
+def _zone(header_tz: str | None, fallback: str) -> str:
+    """The file header's time zone ("pst"/"cst", v3) if it has one, else the participant's."""
+    return TZ_BY_HEADER.get((header_tz or "").strip().lower(), fallback)
+
+
+def _unique_local(keys_utc: list[np.ndarray], zone: str, modality: str, log: ReadLog):
+    """(indices of the records to keep, their keys in local time), ordered by local time.
+
+    A record whose UTC keys repeat an earlier one's is a duplicate (counted). Deduplicating in
+    UTC, not local time, keeps both copies of the hour a daylight-saving fall-back repeats."""
+    keep, dups = _keep_unique_sorted(keys_utc)
+    log.count(f"duplicates_{modality}", dups)
+    local = [to_local(k[keep], zone) for k in keys_utc]
+    order = np.argsort(local[0], kind="stable")
+    return keep[order], [k[order] for k in local]
+
+
 def _drop_bad_intervals(start, end, modality: str, log: ReadLog) -> np.ndarray:
     """Mask of intervals to keep: end >= start and at most 24 h long; the rest counted."""
     bad = (end < start) | ((end - start).astype(np.int64) > MAX_RECORD_SECONDS)
@@ -339,7 +387,7 @@ def _drop_bad_intervals(start, end, modality: str, log: ReadLog) -> np.ndarray:
 
 @dataclass
 class Glucose:
-    time: np.ndarray  # local datetime64[s], sorted, unique
+    time: np.ndarray  # local datetime64[s], sorted
     value: np.ndarray  # mg/dL; "Low" -> GLUCOSE_LOW, "High" -> GLUCOSE_HIGH
 
     def __len__(self) -> int:
@@ -406,10 +454,8 @@ def read_glucose(path: Path, tz: str, log: ReadLog) -> Glucose | None:
         log.count("bad_values_cgm", int(bad_value.sum()))
     utc = parse_utc(stamps, path, "cgm", log)
     ok = ~np.isnat(utc) & ~bad_value
-    time = to_local(utc[ok], TZ_BY_HEADER.get((header_tz or "").lower(), tz))
-    keep, dups = _keep_unique_sorted([time])
-    log.count("duplicates_cgm", dups)
-    return Glucose(time[keep], value[ok][keep])
+    idx, (time,) = _unique_local([utc[ok]], _zone(header_tz, tz), "cgm", log)
+    return Glucose(time, value[ok][idx])
 
 
 def _number(v) -> float:
@@ -463,16 +509,18 @@ def read_activity(path: Path, tz: str, log: ReadLog) -> Activity | None:
         log.count("steps_empty", int(np.isnan(steps).sum()))
     sedentary = np.array([n == "sedentary" for n in names], dtype=bool)
     steps[sedentary] = 0.0  # Garmin writes sedentary minutes as 0 steps; hold to that
-    start = parse_utc(starts, path, "activity", log)
-    end = parse_utc(ends, path, "activity", log)
+    if len(starts) > 1 and starts[1:] == ends[:-1]:
+        # Garmin chains activity intervals (each starts where the last ended): parse once
+        edges = parse_utc([*starts, ends[-1]], path, "activity", log)
+        start, end = edges[:-1], edges[1:]
+    else:
+        start = parse_utc(starts, path, "activity", log)
+        end = parse_utc(ends, path, "activity", log)
     ok = ~np.isnat(start) & ~np.isnat(end)
     start, end, steps = start[ok], end[ok], steps[ok]
     ok = _drop_bad_intervals(start, end, "activity", log)
-    zone = TZ_BY_HEADER.get((header_tz or "").lower(), tz)
-    start, end, steps = to_local(start[ok], zone), to_local(end[ok], zone), steps[ok]
-    keep, dups = _keep_unique_sorted([start, end])
-    log.count("duplicates_activity", dups)
-    return Activity(start[keep], end[keep], steps[keep])
+    idx, (start, end) = _unique_local([start[ok], end[ok]], _zone(header_tz, tz), "activity", log)
+    return Activity(start, end, steps[ok][idx])
 
 
 def _sleep_fields(rec: dict) -> tuple[str, str, object]:
@@ -495,11 +543,8 @@ def read_sleep(path: Path, tz: str, log: ReadLog) -> Sleep | None:
     ok = ~np.isnat(start) & ~np.isnat(end)
     start, end, stage = start[ok], end[ok], stage[ok]
     ok = _drop_bad_intervals(start, end, "sleep", log)
-    zone = TZ_BY_HEADER.get((header_tz or "").lower(), tz)
-    start, end, stage = to_local(start[ok], zone), to_local(end[ok], zone), stage[ok]
-    keep, dups = _keep_unique_sorted([start, end])
-    log.count("duplicates_sleep", dups)
-    return Sleep(start[keep], end[keep], stage[keep])
+    idx, (start, end) = _unique_local([start[ok], end[ok]], _zone(header_tz, tz), "sleep", log)
+    return Sleep(start, end, stage[ok][idx])
 
 
 def read_stress(path: Path, tz: str, log: ReadLog) -> Stress | None:
@@ -525,10 +570,8 @@ def read_stress(path: Path, tz: str, log: ReadLog) -> Stress | None:
     value[sentinel | over] = np.nan
     utc = parse_utc(stamps, path, "stress", log)
     ok = ~np.isnat(utc) & ~unparseable
-    time = to_local(utc[ok], TZ_BY_HEADER.get((header_tz or "").lower(), tz))
-    keep, dups = _keep_unique_sorted([time])
-    log.count("duplicates_stress", dups)
-    return Stress(time[keep], value[ok][keep])
+    idx, (time,) = _unique_local([utc[ok]], _zone(header_tz, tz), "stress", log)
+    return Stress(time, value[ok][idx])
 
 
 def count_heart_rate_zeros(path: Path, log: ReadLog) -> None:
@@ -565,6 +608,11 @@ def read_participant(
     count_heart_rate: bool = False,
 ) -> tuple[ParticipantData | None, str | None]:
     """(data, None), or (None, reason) when a required modality is missing or unusable."""
+    with _no_gc():  # the decoded files are freed by reference counting before the collector returns
+        return _read_participant(root, pid, tz, manifests, flags, log, count_heart_rate)
+
+
+def _read_participant(root, pid, tz, manifests, flags, log, count_heart_rate):
     parts, reason = {}, None
     for modality in REQUIRED:
         path, expected = locate(root, pid, modality, manifests, flags)

@@ -252,34 +252,30 @@ def participant_windows(
         keep &= ~failing[reason]
 
     start_times = pd.to_datetime(starts[keep], unit="s")
-    frame = pd.DataFrame(
-        {
-            ID_COL: [f"{data.participant_id}_{s}" for s in start_times.strftime("%Y%m%dT%H")],
-            GROUP_COL: data.participant_id,
-            "window_start": start_times,
-        }
-    )
-    stages = nights.iloc[night_row[keep]]
-    for col in STAGE_COLUMNS:
-        frame[col] = stages[col].to_numpy()
-    frame["steps_mean"] = steps_mean[keep]
-    frame["glucose_mean"] = glucose["glucose_mean"][keep]
-    frame["hyper_events"] = glucose["hyper_events"][keep]
-    frame["tir_pct"] = glucose["tir_pct"][keep]
-    for name, value in immutables.items():
-        frame[name] = value
-    frame[spec.label.name] = (stress_mean[keep] > rule.threshold).astype(np.int64)
-    frame["stress_mean"] = stress_mean[keep]
+    stages = nights.to_numpy()[night_row[keep]]
+    columns = {
+        ID_COL: [f"{data.participant_id}_{s}" for s in start_times.strftime("%Y%m%dT%H")],
+        GROUP_COL: np.full(int(keep.sum()), data.participant_id, dtype=object),
+        "window_start": start_times,
+        **{col: stages[:, i].astype(float) for i, col in enumerate(STAGE_COLUMNS)},
+        "steps_mean": steps_mean[keep],
+        "glucose_mean": glucose["glucose_mean"][keep],
+        "hyper_events": glucose["hyper_events"][keep],
+        "tir_pct": glucose["tir_pct"][keep],
+        **{name: np.full(int(keep.sum()), value, dtype=object if isinstance(value, str) else None)
+           for name, value in immutables.items()},
+        spec.label.name: (stress_mean[keep] > rule.threshold).astype(np.int64),
+        "stress_mean": stress_mean[keep],
+    }
+    frame = pd.DataFrame(columns)
     return round_features(frame, spec), len(starts), dropped
 
 
 def round_features(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Numeric spec features at display precision (integers as int64)."""
+    rounded = {}
     for f in spec.numeric:
-        if f.name not in frame.columns:
-            continue
-        if f.kind == "integer":
-            frame[f.name] = np.round(frame[f.name].astype(float)).astype(np.int64)
-        else:
-            frame[f.name] = np.round(frame[f.name].astype(float), f.decimals)
-    return frame
+        if f.name in frame.columns:
+            values = frame[f.name].to_numpy(dtype=float)
+            rounded[f.name] = np.round(values).astype(np.int64) if f.kind == "integer" else np.round(values, f.decimals)
+    return frame.assign(**rounded)

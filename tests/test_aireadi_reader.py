@@ -216,6 +216,20 @@ def test_local_time_from_header_then_site_then_id_digit(tmp_path):
     assert frame["window_start"].dt.hour.tolist() == [8, 9, 10]
 
 
+def test_daylight_saving_fall_back_keeps_the_repeated_hour(tmp_path):
+    p = person("1001")
+    # 07:00Z-10:55Z on 2023-11-05 = 00:00 PDT .. 01:55 PDT, then 01:00 PST .. 02:55 PST
+    stamps = pd.date_range("2023-11-05 07:00", periods=48, freq="5min", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    p["cgm"] = [[t, 120] for t in stamps]
+    root = write_release(tmp_path / "r", [p])
+    log = ReadLog()
+    data, _ = read_participant(root, "1001", "America/Los_Angeles", {}, {}, log)
+    assert len(data.glucose) == 48 and "duplicates_cgm" not in log.quirks  # same local time, different instant
+    hours = pd.DatetimeIndex(data.glucose.time).hour
+    assert np.bincount(hours).tolist() == [12, 24, 12]
+    assert (np.diff(data.glucose.time.astype(np.int64)) >= 0).all()
+
+
 def test_manifest_paths_win_and_none_means_absent(tmp_path):
     root = write_release(tmp_path / "r", [person("1001"), person("1002")], "v3")
     # move 1001's CGM file and point the manifest at the new place; mark 1002's as "None"
