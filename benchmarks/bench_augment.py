@@ -1,0 +1,135 @@
+"""Wall time of the full Table IV grid (3 scenarios x 5 ratios x 5 seeds x N sources) -> JSON.
+
+    python -m benchmarks.bench_augment --run runs/bench-augment [--participants 150] [--sources 6] [--jobs 2]
+
+Uses RUN's cohort and CF files when present. Otherwise, for a self-contained measurement, it
+writes a synthetic AI-READI-spec cohort with the test fixtures' generator (tests/conftest.py,
+N participants x 20 windows), trains the classifier, and writes N fake-but-valid CF sources
+from TRAINING factuals: source k takes the k-th nearest training window of the opposite
+predicted class (mutable features, min-max scaled), copies the factual's immutables in, and
+records the black box's prediction of the result. Such CFs carry no LLM; they only give the
+grid realistic sizes. Fig. 1's fits (4 classifiers x 10 reductions x seeds) are timed
+separately.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from augment.scarcity import run_scarcity
+from eval.classifier import train_and_evaluate
+from sensecf.blackbox import BlackBox
+from sensecf.records import CFRecord, RecordWriter
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir
+from sensecf.spec import DatasetSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fixture_module():
+    # tests/ is not a package (cfnow's wheel ships a top-level `tests`), so load the file itself.
+    spec = importlib.util.spec_from_file_location("sensecf_test_fixtures", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_synthetic_run(run: RunDir, participants: int, seed: int = 0) -> None:
+    fx = _fixture_module()
+    frame = fx._aireadi_frame(np.random.default_rng(seed), participants, 20)
+    fx.write_cohort(run, frame, DatasetSpec.from_yaml(fx.AIREADI_SPEC), seed)
+    train_and_evaluate(run, seed)
+
+
+def write_neighbour_sources(run: RunDir, n_sources: int) -> list[str]:
+    """Source k: the k-th nearest opposite-predicted training window, immutables copied in."""
+    df, spec = run.load_cohort()
+    blackbox = BlackBox.load(run.model, spec)
+    train = df[df[SPLIT_COL] == "train"].reset_index(drop=True)
+    pred = blackbox.predict(train)
+    mutable = [f for f in spec.mutable if f.is_numeric]
+    scaled = np.column_stack([(train[f.name] - f.min) / ((f.max - f.min) or 1.0) for f in mutable])
+    names = []
+    for k in range(1, n_sources + 1):
+        name = f"neighbour_{k}"
+        names.append(name)
+        cfs, rows = [], []
+        for i in range(len(train)):
+            others = np.flatnonzero(pred != pred[i])
+            nearest = others[np.argsort(((scaled[others] - scaled[i]) ** 2).sum(axis=1))[k - 1]]
+            factual = {n: _plain(train.at[i, n]) for n in spec.names}
+            cf = dict(factual)
+            cf.update({f.name: _plain(train.at[nearest, f.name]) for f in mutable})
+            cfs.append(cf)
+            rows.append((i, factual))
+        cf_pred = blackbox.predict(cfs)
+        with RecordWriter(run.cf_file(name)) as writer:
+            for (i, factual), cf, p in zip(rows, cfs, cf_pred, strict=True):
+                writer.write(CFRecord(
+                    window_id=str(train.at[i, ID_COL]), participant_id=str(train.at[i, GROUP_COL]), method=name,
+                    factual=factual, factual_pred=int(pred[i]), desired_class=int(1 - pred[i]), cf=cf,
+                    parse_status="ok", immutables_ok=True, cf_pred=int(p),
+                ))
+    return names
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def main(
+    run: Path = typer.Option(..., help="run directory; a synthetic cohort and CF sources are written if absent"),
+    participants: int = typer.Option(150, help="participants (x 20 windows) of the synthetic cohort, if built"),
+    sources: int = typer.Option(6, help="fake CF sources to write, if RUN/cfs has none"),
+    seeds: int = typer.Option(5),
+    jobs: int = typer.Option(2),
+    out: Path = typer.Option(None, help="JSON result (default RUN/bench_augment.json)"),
+) -> None:
+    """Time the Table IV grid and the Fig. 1 curve on RUN; write the timings as JSON."""
+    rd = RunDir(run)
+    built = not rd.features.exists()
+    if built:
+        build_synthetic_run(rd, participants)
+    if not list(rd.cfs.glob("*.jsonl")):
+        write_neighbour_sources(rd, sources)
+    df, _ = rd.load_cohort()
+
+    start = time.perf_counter()
+    summary = run_scarcity(rd, "all", [0.2, 0.4, 0.6, 0.8, 1.0], seeds, ["A", "B", "C"], None, jobs, fig1=True)
+    total_s = time.perf_counter() - start
+
+    result = {
+        "benchmark": "augment_table4_grid",
+        "run": str(rd.root),
+        "synthetic_cohort_built": built,
+        "windows": {"train": int((df[SPLIT_COL] == "train").sum()), "test": int((df[SPLIT_COL] == "test").sum())},
+        "sources": sorted(p.stem for p in rd.cfs.glob("*.jsonl")),
+        "seeds": seeds,
+        "jobs": jobs,
+        "grid_fits": summary["grid_fits"],
+        "insufficient_cells": summary["insufficient_cells"],
+        "grid_seconds": round(summary["grid_seconds"], 1),
+        "seconds_per_grid_fit": round(summary["grid_seconds"] / max(summary["grid_fits"], 1), 3),
+        "fig1_fits": summary["fig1_fits"],
+        "fig1_seconds": round(summary["fig1_seconds"], 1),
+        # Whole stage: loading, CF filtering, both sets of fits, tables and figures.
+        "stage_seconds": round(total_s, 1),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+    }
+    path = out or rd.root / "bench_augment.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)
