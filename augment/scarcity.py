@@ -1,11 +1,12 @@
 """Augmentation under label scarcity: Table IV, Fig. 7 and Fig. 1 of the paper, over seeds.
 
-    python -m augment.scarcity --run runs/demo [--sources all|teacher,dice_random]
+    python -m augment.scarcity --run runs/demo [--sources all|teacher,dice_random] [--cf-dir DIR]
         [--ratios 0.2,0.4,0.6,0.8,1.0] [--seeds 5] [--scenarios A,B,C] [--jobs 2]
 
 For every seed: the NN is trained on the full training split (baseline), on the reduced split of
 each scenario (augment.scenarios), and on the reduced split plus round(ratio x removed) CFs of
-the reduced class from each source (RUN/cfs/<source>.jsonl), labelled by the black box's
+the reduced class from each source (RUN/cfs/train/<source>.jsonl: CFs of training factuals,
+as `eval.baselines --split train` writes them), labelled by the black box's
 prediction f(x'). A CF is used only if it parsed, asked for a reduced class, is predicted as that
 class, and its factual is a training window kept in that seed's reduced split; everything else
 is counted by reason in augment/cf_pool.csv. All models are scored on the untouched test split.
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from augment.scenarios import SCENARIOS, ReducedTraining, Scenario, augmentation_count, reduce_training
 from augment.stats import mean_ci, relative_change
+from eval.baselines import records_dir
 from eval.classifier import classification_metrics, labels_of, split_frames, train_classifier
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
@@ -408,14 +410,22 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
-def load_sources(run: RunDir, sources: str) -> dict[str, list[CFRecord]]:
-    """RUN/cfs/<name>.jsonl for each named source, or every such file for 'all'."""
+def cf_dir_of(run: RunDir) -> Path:
+    """Where CFs of training factuals live: RUN/cfs/train/ (eval.baselines.records_dir(run, "train"))."""
+    return records_dir(run, "train")
+
+
+def load_sources(cf_dir: Path, sources: str) -> dict[str, list[CFRecord]]:
+    """CF_DIR/<name>.jsonl for each named source, or every such file for 'all'."""
     if sources.strip() == "all":
-        paths = sorted(run.cfs.glob("*.jsonl"))
+        paths = sorted(cf_dir.glob("*.jsonl"))
         if not paths:
-            raise FileNotFoundError(f"{run.cfs}: no CF files (*.jsonl); generate CFs with --split train first")
+            raise FileNotFoundError(
+                f"{cf_dir}: no CF files (*.jsonl); generate CFs of training windows first "
+                "(python -m eval.baselines --split train, or LLM generation with --split train)"
+            )
     else:
-        paths = [run.cf_file(name.strip()) for name in sources.split(",") if name.strip()]
+        paths = [cf_dir / f"{name.strip()}.jsonl" for name in sources.split(",") if name.strip()]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"no CF file for sources: {missing}")
@@ -444,6 +454,7 @@ def run_scarcity(
     jobs: int = 2,
     fig1: bool = True,
     fig1_fractions: list[float] = tuple(i / 10 for i in range(10)),
+    cf_dir: Path | None = None,
 ) -> dict:
     """The whole stage; returns a summary (counts, paths) for the CLI and the benchmark."""
     from augment.figures import plot_fig1, plot_fig7  # matplotlib only when figures are drawn
@@ -460,7 +471,8 @@ def run_scarcity(
     cohort, spec = run.load_cohort()
     cohort = cohort.assign(**{ID_COL: cohort[ID_COL].astype(str)})
     _, test = split_frames(cohort)
-    records = load_sources(run, sources)
+    cf_dir = cf_dir_of(run) if cf_dir is None else Path(cf_dir)
+    records = load_sources(cf_dir, sources)
     grid = Grid(cohort, spec, records, [SCENARIOS[s] for s in scenarios], ratios, list(range(n_seeds)))
 
     start = time.perf_counter()
@@ -488,10 +500,12 @@ def run_scarcity(
         plot_fig1(curve, out / "fig1.png")
     fig1_seconds = time.perf_counter() - start
 
-    config = {"sources": sorted(records), "ratios": ratios, "seeds": list(range(n_seeds)), "scenarios": list(scenarios),
-              "table_ratio": table_ratio, "fig1": fig1, "fig1_fractions": list(fig1_fractions), "jobs": jobs,
-              "scenario_fractions": {s: SCENARIOS[s].fraction for s in scenarios}}
-    write_provenance(out, config=config, inputs=[run.features, run.spec, *(run.cf_file(s) for s in records)])
+    config = {
+        "sources": sorted(records), "cf_dir": str(cf_dir), "ratios": ratios, "seeds": list(range(n_seeds)),
+        "scenarios": list(scenarios), "scenario_fractions": {s: SCENARIOS[s].fraction for s in scenarios},
+        "table_ratio": table_ratio, "fig1": fig1, "fig1_fractions": list(fig1_fractions), "jobs": jobs,
+    }
+    write_provenance(out, config=config, inputs=[run.features, run.spec, *(cf_dir / f"{s}.jsonl" for s in records)])
     return {
         "grid_fits": len(fitted),
         "grid_seconds": grid_seconds,
@@ -510,7 +524,8 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     run: Path = typer.Option(..., help="run directory holding cohort/ and cfs/"),
-    sources: str = typer.Option("all", help="comma-separated CF sources (RUN/cfs/<name>.jsonl), or 'all'"),
+    sources: str = typer.Option("all", help="comma-separated CF sources (CF_DIR/<name>.jsonl), or 'all'"),
+    cf_dir: Path = typer.Option(None, help="folder of CF files of training factuals (default RUN/cfs/train)"),
     ratios: str = typer.Option("0.2,0.4,0.6,0.8,1.0", help="augmentation ratios of the number of windows removed"),
     seeds: int = typer.Option(5, help="number of seeds (0..N-1); every cell reports mean and 95% CI"),
     scenarios: str = typer.Option("A,B,C", help="scarcity scenarios: A class 1, B class 0, C both reduced 50%"),
@@ -521,7 +536,7 @@ def main(
     """Retrain the NN under label scarcity with CF augmentation; write Table IV, Fig. 7, Fig. 1."""
     summary = run_scarcity(
         RunDir(run), sources, _floats(ratios, "--ratios"), seeds, [s.strip() for s in scenarios.split(",")],
-        table_ratio, jobs, fig1,
+        table_ratio, jobs, fig1, cf_dir=cf_dir,
     )
     excluded = ", ".join(f"{r} {n}" for r, n in summary["excluded"].items() if n) or "none"
     typer.echo(f"{summary['grid_fits']} grid fits, {summary['insufficient_cells']} insufficient cells (not fitted)")

@@ -2,14 +2,13 @@
 
     python -m benchmarks.bench_augment --run runs/bench-augment [--participants 150] [--sources 6] [--jobs 2]
 
-Uses RUN's cohort and CF files when present. Otherwise, for a self-contained measurement, it
-writes a synthetic AI-READI-spec cohort with the test fixtures' generator (tests/conftest.py,
-N participants x 20 windows), trains the classifier, and writes N fake-but-valid CF sources
-from TRAINING factuals: source k takes the k-th nearest training window of the opposite
-predicted class (mutable features, min-max scaled), copies the factual's immutables in, and
-records the black box's prediction of the result. Such CFs carry no LLM; they only give the
-grid realistic sizes. Fig. 1's fits (4 classifiers x 10 reductions x seeds) are timed
-separately.
+Uses RUN's cohort and its CFs of training factuals (RUN/cfs/train/*.jsonl) when present.
+Otherwise, for a self-contained measurement, it writes a synthetic AI-READI-spec cohort with
+the test fixtures' generator (tests/conftest.py, N participants x 20 windows), trains the
+classifier, and writes N fake-but-valid CF sources: copies of the teacher's CF
+(sensecf.teacher) for every training window. Cells a source cannot fill are skipped, as in a
+real run; the JSON gives the fits run and the seconds per fit. Fig. 1's fits (4 classifiers x
+10 reductions x seeds) are timed separately.
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from augment.scarcity import run_scarcity
+from augment.scarcity import cf_dir_of, run_scarcity
 from eval.classifier import train_and_evaluate
 from sensecf.blackbox import BlackBox
 from sensecf.records import CFRecord, RecordWriter
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir
 from sensecf.spec import DatasetSpec
+from sensecf.teacher import teacher_cfs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,46 +49,36 @@ def build_synthetic_run(run: RunDir, participants: int, seed: int = 0) -> None:
     train_and_evaluate(run, seed)
 
 
-def write_neighbour_sources(run: RunDir, n_sources: int) -> list[str]:
-    """Source k: the k-th nearest opposite-predicted training window, immutables copied in."""
+def write_teacher_sources(run: RunDir, n_sources: int) -> list[str]:
+    """N copies of the teacher's CFs for every training factual (sensecf.teacher), named teacher_1..N.
+
+    The copies differ only in name, which seeds the order CFs are drawn in at each ratio; the
+    grid's cost depends on the sizes of the sources, not on where their CFs came from.
+    """
     df, spec = run.load_cohort()
     blackbox = BlackBox.load(run.model, spec)
     train = df[df[SPLIT_COL] == "train"].reset_index(drop=True)
-    pred = blackbox.predict(train)
-    mutable = [f for f in spec.mutable if f.is_numeric]
-    scaled = np.column_stack([(train[f.name] - f.min) / ((f.max - f.min) or 1.0) for f in mutable])
-    names = []
-    for k in range(1, n_sources + 1):
-        name = f"neighbour_{k}"
-        names.append(name)
-        cfs, rows = [], []
-        for i in range(len(train)):
-            others = np.flatnonzero(pred != pred[i])
-            nearest = others[np.argsort(((scaled[others] - scaled[i]) ** 2).sum(axis=1))[k - 1]]
-            factual = {n: _plain(train.at[i, n]) for n in spec.names}
-            cf = dict(factual)
-            cf.update({f.name: _plain(train.at[nearest, f.name]) for f in mutable})
-            cfs.append(cf)
-            rows.append((i, factual))
-        cf_pred = blackbox.predict(cfs)
-        with RecordWriter(run.cf_file(name)) as writer:
-            for (i, factual), cf, p in zip(rows, cfs, cf_pred, strict=True):
+    result = teacher_cfs(train, train, spec, blackbox)
+    cf_pred = blackbox.predict([cf for cf in result.cfs if cf is not None])
+    factuals = train[spec.names].to_dict("records")
+    names = [f"teacher_{i}" for i in range(1, n_sources + 1)]
+    for name in names:
+        preds = iter(cf_pred)
+        with RecordWriter(cf_dir_of(run) / f"{name}.jsonl") as writer:
+            for i, cf in enumerate(result.cfs):
                 writer.write(CFRecord(
                     window_id=str(train.at[i, ID_COL]), participant_id=str(train.at[i, GROUP_COL]), method=name,
-                    factual=factual, factual_pred=int(pred[i]), desired_class=int(1 - pred[i]), cf=cf,
-                    parse_status="ok", immutables_ok=True, cf_pred=int(p),
+                    factual=factuals[i], factual_pred=int(result.factual_pred[i]),
+                    desired_class=int(result.desired_class[i]), cf=cf, parse_status=result.status[i],
+                    cf_pred=None if cf is None else int(next(preds)), error=result.detail[i],
                 ))
     return names
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
 
 
 def main(
     run: Path = typer.Option(..., help="run directory; a synthetic cohort and CF sources are written if absent"),
     participants: int = typer.Option(150, help="participants (x 20 windows) of the synthetic cohort, if built"),
-    sources: int = typer.Option(6, help="fake CF sources to write, if RUN/cfs has none"),
+    sources: int = typer.Option(6, help="teacher-copy CF sources to write, if RUN/cfs/train has none"),
     seeds: int = typer.Option(5),
     jobs: int = typer.Option(2),
     out: Path = typer.Option(None, help="JSON result (default RUN/bench_augment.json)"),
@@ -98,8 +88,8 @@ def main(
     built = not rd.features.exists()
     if built:
         build_synthetic_run(rd, participants)
-    if not list(rd.cfs.glob("*.jsonl")):
-        write_neighbour_sources(rd, sources)
+    if not list(cf_dir_of(rd).glob("*.jsonl")):
+        write_teacher_sources(rd, sources)
     df, _ = rd.load_cohort()
 
     start = time.perf_counter()
@@ -111,7 +101,7 @@ def main(
         "run": str(rd.root),
         "synthetic_cohort_built": built,
         "windows": {"train": int((df[SPLIT_COL] == "train").sum()), "test": int((df[SPLIT_COL] == "test").sum())},
-        "sources": sorted(p.stem for p in rd.cfs.glob("*.jsonl")),
+        "sources": sorted(p.stem for p in cf_dir_of(rd).glob("*.jsonl")),
         "seeds": seeds,
         "jobs": jobs,
         "grid_fits": summary["grid_fits"],

@@ -191,7 +191,7 @@ def _neighbour_source(run, name, n_max=None):
         cf = dict(plain[i], **{f.name: plain[j][f.name] for f in spec.mutable})
         label = int(train.high_stress[j])
         records.append(_record(r, spec, method=name, desired=label, cf=cf, cf_pred=label))
-    return _write(run.cf_file(name), records[:n_max])
+    return _write(run.cfs / "train" / f"{name}.jsonl", records[:n_max])
 
 
 def test_run_scarcity_writes_every_artifact(tiny_run):
