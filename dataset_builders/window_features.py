@@ -191,12 +191,14 @@ def sleep_nights(sleep: Sleep, decimals: int = 1) -> pd.DataFrame:
     eligible = (time_of_day < NIGHT_END_BEFORE_S) & (total >= MIN_NIGHT_MINUTES)
     if not eligible.any():
         return pd.DataFrame(columns=columns, index=pd.Index([], dtype=np.int64, name="day"))
-    cand = pd.DataFrame({"day": day[eligible], "total": total[eligible], "row": np.flatnonzero(eligible)})
+    rows = np.flatnonzero(eligible)
     # the main period of each date: most staged minutes, the earlier one on a tie
-    main = cand.sort_values(["day", "total", "row"], ascending=[True, False, True]).drop_duplicates("day")
-    pct = sleep_percentages(minutes[main["row"].to_numpy()], decimals)
-    out = pd.DataFrame(pct, columns=list(STAGE_COLUMNS), index=pd.Index(main["day"].to_numpy(), name="day"))
-    out["staged_minutes"] = main["total"].to_numpy()
+    rows = rows[np.lexsort((rows, -total[rows], day[rows]))]
+    _, first = np.unique(day[rows], return_index=True)
+    main = rows[first]
+    out = pd.DataFrame(sleep_percentages(minutes[main], decimals), columns=list(STAGE_COLUMNS),
+                       index=pd.Index(day[main], name="day"))
+    out["staged_minutes"] = total[main]
     return out
 
 

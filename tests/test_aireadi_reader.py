@@ -286,6 +286,19 @@ def test_every_quirk_is_repaired_and_counted(tmp_path):
     assert first.stress_mean == 50.0
 
 
+def test_malformed_records_are_counted_or_raise_when_strict(tmp_path):
+    root = write_release(tmp_path / "r", [person("1001")])
+    path = root / PATHS["cgm"].format(pid="1001")
+    doc = orjson.loads(path.read_bytes())
+    del doc["body"]["cgm"][7]["blood_glucose"]
+    path.write_bytes(orjson.dumps(doc))
+    log = ReadLog()
+    data, _ = read_participant(root, "1001", "America/Los_Angeles", {}, {}, log)
+    assert len(data.glucose) == 47 and log.quirks == {"malformed_records_cgm": 1}
+    with pytest.raises(AireadiFormatError, match=r"1001_DEX.json: record 7 lacks the expected cgm fields"):
+        read_participant(root, "1001", "America/Los_Angeles", {}, {}, ReadLog(strict=True))
+
+
 def test_parse_utc_accepts_both_forms_and_counts_the_rest():
     log = ReadLog()
     out = parse_utc(["2023-08-31T17:57:00Z", "2023-08-31 17:58:00", "31/08/2023", None], "f.json", "stress", log)
