@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.neighbors import NearestNeighbors
 
 from sensecf.records import CFRecord
 from sensecf.spec import DatasetSpec
@@ -140,30 +141,55 @@ def coherent(cfs: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
 
 
 class TrainingNeighbours:
-    """k nearest training rows under the CF distance (brute force in chunks; any feature mix)."""
+    """Exact k nearest training rows under the CF distance (scaled L2 + Hamming count).
 
-    def __init__(self, train: pd.DataFrame, spec: DatasetSpec, labels: np.ndarray, chunk: int = 256):
-        self.spec = spec
-        self.num = scaled_numeric(train, spec)
-        self.cat_names = [f.name for f in spec.categorical]
-        self.cat = train[self.cat_names].to_numpy() if self.cat_names else None
+    Training rows are grouped by their categorical values, each group indexed on its scaled
+    numbers. A query visits groups in order of their Hamming count h to it and stops once its
+    k-th best distance is <= h, since every row at Hamming >= h is at least that far. A CF keeps
+    its factual's immutables, so most queries finish inside their own group.
+    """
+
+    def __init__(self, train: pd.DataFrame, spec: DatasetSpec, labels: np.ndarray):
         self.labels = np.asarray(labels)
-        self.chunk = chunk
+        self.spec = spec
+        self.cat_names = [f.name for f in spec.categorical]
+        num = scaled_numeric(train, spec)
+        self.num = num if num.shape[1] else np.zeros((len(train), 1))  # all-categorical spec: L2 is 0
+        keys = [tuple(v) for v in train[self.cat_names].to_numpy()] if self.cat_names else [()] * len(train)
+        members: dict[tuple, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            members[key].append(i)
+        self.keys = list(members)
+        self.members = [np.array(members[key]) for key in self.keys]
+        self.index = [NearestNeighbors().fit(self.num[m]) for m in self.members]
 
     def label_share(self, rows: pd.DataFrame, target: np.ndarray, k: int) -> np.ndarray:
         """Per row, the share of its k nearest training rows whose label equals target[row]."""
         k = min(k, len(self.labels))
         num = scaled_numeric(rows, self.spec)
-        cat = rows[self.cat_names].to_numpy() if self.cat_names else None
-        out = np.empty(len(rows))
-        for s in range(0, len(rows), self.chunk):
-            e = min(s + self.chunk, len(rows))
-            d = np.sqrt(((num[s:e, None, :] - self.num[None, :, :]) ** 2).sum(axis=2))
-            if cat is not None:
-                d = d + (cat[s:e, None, :] != self.cat[None, :, :]).sum(axis=2)
-            nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
-            out[s:e] = (self.labels[nearest] == np.asarray(target)[s:e, None]).mean(axis=1)
-        return out
+        num = num if num.shape[1] else np.zeros((len(rows), 1))
+        if self.cat_names:
+            key_matrix = np.array(self.keys, dtype=object)
+            hamming = (rows[self.cat_names].to_numpy()[:, None, :] != key_matrix[None, :, :]).sum(axis=2)
+        else:
+            hamming = np.zeros((len(rows), 1), int)
+        best_d = np.full((len(rows), k), np.inf)
+        best_i = np.zeros((len(rows), k), int)
+        for h in range(len(self.cat_names) + 1):
+            open_ = best_d[:, -1] > h
+            if not open_.any():
+                break
+            for g in range(len(self.keys)):
+                q = np.flatnonzero(open_ & (hamming[:, g] == h))
+                if not len(q):
+                    continue
+                d, i = self.index[g].kneighbors(num[q], n_neighbors=min(k, len(self.members[g])))
+                cand_d = np.hstack([best_d[q], d + h])
+                cand_i = np.hstack([best_i[q], self.members[g][i]])
+                order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+                best_d[q] = np.take_along_axis(cand_d, order, axis=1)
+                best_i[q] = np.take_along_axis(cand_i, order, axis=1)
+        return (self.labels[best_i] == np.asarray(target)[:, None]).mean(axis=1)
 
 
 def check_record(r: CFRecord, spec: DatasetSpec) -> None:
