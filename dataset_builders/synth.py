@@ -532,7 +532,10 @@ def main(
         )
     except ValidationError as err:
         raise typer.BadParameter(f"quirk rates: {err}") from err
-    release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
+    try:
+        release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
+    except (FileExistsError, ValueError) as err:  # bad --out / sizes: a clear message, not a traceback
+        raise typer.BadParameter(str(err)) from err
     write_provenance(
         out,
         config={k: v for k, v in release.items() if k != "injected_meaning"},

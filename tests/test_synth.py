@@ -407,10 +407,11 @@ def test_cli_writes_release_with_provenance_and_refuses_a_non_empty_dir(tmp_path
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["source"] == {"synthetic": True, "seed": 5} and provenance["seed"] == 5
 
-    again = runner.invoke(app, args)
-    assert again.exit_code != 0 and "not empty" in str(again.exception)
+    wide = {"COLUMNS": "1000"}  # keep error messages on one line
+    again = runner.invoke(app, args, env=wide)
+    assert again.exit_code == 2 and "output directory is not empty" in again.output
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0 and (out / "controlled/demographics.tsv").exists()
 
-    bad = runner.invoke(app, [*args, "--force", "--quirk-rate-duplicate", "1.5"])
-    assert bad.exit_code != 0 and "duplicate" in bad.output
+    bad = runner.invoke(app, [*args, "--force", "--quirk-rate-duplicate", "1.5"], env=wide)
+    assert bad.exit_code == 2 and "duplicate" in bad.output and "less than or equal to 1" in bad.output
