@@ -33,10 +33,10 @@ def _band(ax, xs, values_per_x, label, **style):
     ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
-def _hline(ax, values, label, style, color):
+def _hline(ax, values, label, style, color, band=True):
     iv = mean_ci(values)
     ax.axhline(iv.mean, linestyle=style, color=color, label=label)
-    if not math.isnan(iv.half_width):
+    if band and not math.isnan(iv.half_width):
         ax.axhspan(max(0.0, iv.low), min(1.0, iv.high), color=color, alpha=0.08, linewidth=0)
 
 
@@ -67,7 +67,7 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
                 _band(ax, [100 * x for x in ratios], [cells[source][x] for x in ratios], source)
         _hline(ax, [r["metrics"][metric] for r in results if r["kind"] == "reduced" and r["scenario"] == sc],
                "reduced (no CFs)", "--", "black")
-        _hline(ax, baseline, "full training set", ":", "gray")
+        _hline(ax, baseline, "full training set", ":", "gray", band=False)
         ax.set_title(f"{sc}: {SCENARIOS[sc].title}", fontsize=9)
         if all_ratios:
             ax.set_xticks(all_ratios)
