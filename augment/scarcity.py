@@ -64,7 +64,7 @@ def _estimator(model: str, seed: int):
 
 # Why a CF record is not used, in the order the checks run (each record gets its first reason).
 EXCLUSION_REASONS = [
-    "not_parsed",  # parse_status other than ok, or no CF
+    "status_not_ok",  # parse_status parse_error / incoherent / no_cf / timeout / error, or no CF
     "other_class",  # desired class is not a reduced class of the scenario
     "not_valid",  # the black box does not predict the desired class (cf_pred != desired_class)
     "unknown_factual",  # factual window id not in the cohort table
@@ -130,7 +130,7 @@ def build_pool(
     excluded: Counter = Counter()
     for r in records:
         if r.parse_status != "ok" or r.cf is None:
-            reason = "not_parsed"
+            reason = "status_not_ok"
         elif r.desired_class not in classes:
             reason = "other_class"
         elif r.cf_pred != r.desired_class:
@@ -233,7 +233,7 @@ class Grid:
             self.planned.append(
                 ({"kind": "baseline", "scenario": None, "source": None, "ratio": 0.0, "seed": seed}, lambda: train)
             )
-            for si, scenario in enumerate(self.scenarios):
+            for scenario in self.scenarios:
                 reduced = reduce_training(self.cohort, label, scenario.reduced_classes, scenario.fraction, seed)
                 base = {"scenario": scenario.name, "seed": seed, "removed": reduced.removed_per_class}
                 self.planned.append(({**base, "kind": "reduced", "source": None, "ratio": 0.0},
@@ -241,7 +241,7 @@ class Grid:
                 for name, records in self.sources.items():
                     pool = build_pool(
                         records, self.cohort, self.spec, reduced, scenario.reduced_classes,
-                        order_seed=(seed, si, zlib.crc32(name.encode())),
+                        order_seed=(seed, zlib.crc32(scenario.name.encode()), zlib.crc32(name.encode())),
                     )
                     self.pool_log.append(
                         {"scenario": scenario.name, "seed": seed, "source": name, "records": pool.total,

@@ -71,7 +71,7 @@ def test_cf_filter_excludes_and_counts_each_reason(tiny_run, tmp_path):
     ]
     pool = build_pool(_write(tmp_path / "src.jsonl", records), df, spec, red, (1,), order_seed=(0,))
     assert dict(pool.excluded) == {
-        "not_parsed": 2, "other_class": 1, "not_valid": 2, "unknown_factual": 1, "test_factual": 1,
+        "status_not_ok": 2, "other_class": 1, "not_valid": 2, "unknown_factual": 1, "test_factual": 1,
         "removed_factual": 1, "incomplete_cf": 1, "duplicate_cf": 1,
     }
     assert set(pool.excluded) <= set(EXCLUSION_REASONS)
