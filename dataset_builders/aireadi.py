@@ -164,6 +164,7 @@ def build_cohort(
         "failed_files": failures,
         "demographics": {
             "demographics_file": str(demographics_path) if demographics_path else None,
+            "demographics_rows_not_in_participants_tsv": len(set(demographics) - set(participants["participant_id"])),
             "observation_csv_found": cmtrt is not None,
             "counted_over": "participants with at least one kept window",
             "sex_unknown": sum(1 for p in in_cohort if immutables[p]["sex"] == "unknown"),

@@ -395,11 +395,12 @@ def test_demographics_file_overrides_and_bad_values_are_named(tmp_path):
     root = write_release(tmp_path / "r", [person("1001"), person("1002")],
                          observation=[["1001", "cmtrt_insln, x", "Yes"]])
     demo = tmp_path / "demo.csv"
-    demo.write_text("person_id,sex,medication\n1001,F,none\n1002,male,\n")
+    demo.write_text("person_id,sex,medication\n1001,F,none\n1002,male,\n9999,F,insulin\n")
     frame, _, quality = cohort(root, demographics_path=demo)
     got = frame.groupby("participant_id")[["sex", "medication"]].first().to_dict("index")
     assert got == {"1001": {"sex": "female", "medication": "none"}, "1002": {"sex": "male", "medication": "unknown"}}
     assert quality["demographics"]["medication_source"] == {"demographics file": 1, "none": 1}
+    assert quality["demographics"]["demographics_rows_not_in_participants_tsv"] == 1
     demo.write_text("person_id,sex,medication\n1001,F,metformin\n")
     with pytest.raises(AireadiFormatError, match=r"demo.csv: row 2 \(participant 1001\): medication 'metformin'"):
         cohort(root, demographics_path=demo)
