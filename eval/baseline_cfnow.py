@@ -21,6 +21,20 @@ CFNOW_STRATEGIES = ("greedy", "random", "random-sequential")
 MAX_CANDIDATES = 10
 
 
+def _offline_nltk() -> None:
+    """cfnow's import calls nltk.download('wordnet') (a network request) unless the corpus is
+    found; it needs wordnet only for text CFs, so an empty placeholder keeps it offline."""
+    import tempfile
+    from pathlib import Path
+
+    import nltk
+
+    root = Path(tempfile.gettempdir()) / "sensecf_nltk_data"
+    (root / "corpora" / "wordnet").mkdir(parents=True, exist_ok=True)
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+
+
 class CfnowExplainer:
     def __init__(
         self,
@@ -86,6 +100,7 @@ class CfnowExplainer:
 
         Binary labels: cfnow always searches for the other class, which is `desired_class`.
         """
+        _offline_nltk()
         from cfnow import find_tabular
 
         def prob_class1(x) -> np.ndarray:

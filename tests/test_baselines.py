@@ -288,3 +288,22 @@ def test_cli_help_and_run(aireadi, monkeypatch):
     assert list((aireadi.root / "wandb" / "wandb").glob("offline-run-*"))
     bad = runner.invoke(baselines.app, ["--run", str(aireadi.root), "--methods", "lime", "--no-wandb"])
     assert bad.exit_code != 0 and "unknown method 'lime'" in bad.output
+
+
+def test_cfnow_import_attempts_no_download():
+    """cfnow calls nltk.download('wordnet') at import when the corpus is absent (a network call)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import nltk\n"
+        "def refuse(*a, **k): raise RuntimeError('network download attempted')\n"
+        "nltk.download = refuse\n"
+        "from eval.baseline_cfnow import _offline_nltk\n"
+        "_offline_nltk()\n"
+        "import cfnow\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
