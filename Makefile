@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $@
 
 demo: setup
-	$(BIN)/python -m launch.demo --run $(RUN)
+	$(BIN)/python -m launch.experiment recipes/experiments/demo.yml --run $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest
