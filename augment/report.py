@@ -1,0 +1,619 @@
+"""The experiment's final report: RUN/report.md from every stage's artifacts, and its aggregates in W&B.
+
+    python -m augment.report --run runs/demo [--wandb/--no-wandb]
+
+Reads what the earlier stages wrote (cohort/quality.json, classifier/metrics.json, eval/table3.md
+and figures, eval/intervention.md, augment/table4.md and figures, sft/summary.json,
+checkpoints/<recipe>/, stages.json, every provenance.json) and writes RUN/report.md, with
+figures linked relative to it, and RUN/provenance.json. A stage that has not run gives its
+section a "not run" line naming the command that produces it; nothing here fails for a missing
+artifact. Row-level data: report.md holds counts and aggregates only, except the one Table II-style
+example that eval.report already chose (the Intervention section).
+
+With --wandb (default; offline unless WANDB_MODE says otherwise) the aggregates go to one W&B run
+of the experiment's group (stage "report"): classifier metrics, Table III, Table IV and the stage
+times as tables, the figures as images. A W&B Report over the group is built from them
+(sensecf.wandb_report) and published only when WANDB_MODE=online.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, write_provenance
+from sensecf.spec import DatasetSpec
+
+CLASSIFIER_METRICS = ["ACC", "PRE", "REC", "F1", "AUC"]
+SECTIONS = [
+    "Data quality", "Classifier", "Table III", "Figs. 6 and 8", "Intervention", "Table IV", "Figs. 7 and 1",
+    "Fine-tuning", "Timing", "Reproducibility", "Notes",
+]
+NOT_RUN = "not run"
+# Where the figures live (relative to the run directory), what they show, which command draws them.
+FIGURES = {
+    "fig6": ("eval/fig6.png", "Fig. 6", "how much each method changes each mutable feature (mean |CF − factual| "
+                                        "over the training range)", "table3"),
+    "fig8": ("eval/fig8.png", "Fig. 8", "factuals and CFs in a 2-D PCA of the mutable features, one panel per method",
+             "table3"),
+    "fig7": ("augment/fig7.png", "Fig. 7", "F1 vs augmentation ratio per scarcity scenario and CF source (mean and "
+                                           "95% CI over seeds)", "table4"),
+    "fig1": ("augment/fig1.png", "Fig. 1", "F1 of four classifiers as both classes' training data shrink", "table4"),
+}
+
+
+# --- reading -------------------------------------------------------------------------------------
+def read_json(path: Path) -> dict | None:
+    """A JSON artifact, or None when the stage has not written it."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def commands(run: RunDir) -> dict[str, str]:
+    """The command that produces each artifact, for the "not run" lines."""
+    r = shlex.quote(str(run.root))
+    return {
+        "cohort": f"python -m dataset_builders aireadi --root RELEASE --out {r}/cohort "
+                  f"(or python -m dataset_builders table ... --out {r}/cohort)",
+        "classifier": f"python -m eval.classifier --run {r}",
+        "cfs": f"python -m eval.baselines --run {r} (or LLM generation with python -m eval.generate --run {r})",
+        "table3": f"python -m eval.report --run {r}",
+        "train_cfs": f"python -m eval.baselines --run {r} --split train",
+        "table4": f"python -m augment.scarcity --run {r}",
+        "sft": f"python -m dataset_builders pairs --run {r}",
+        "finetune": f"python -m launch.train recipes/smollm2-cpu.yml --run {r}",
+        "timing": f"python -m launch.experiment recipes/experiments/demo.yml --run {r}",
+    }
+
+
+def not_run(run: RunDir, artifact: str | Path, command_key: str) -> str:
+    path = Path(artifact)
+    shown = path.relative_to(run.root) if path.is_relative_to(run.root) else path
+    return f"_{NOT_RUN}_: `{shown}` is missing. It is produced by `{commands(run)[command_key]}`.\n"
+
+
+def load_spec(run: RunDir) -> DatasetSpec | None:
+    return run.load_spec() if run.spec.is_file() else None
+
+
+def class_name(spec: DatasetSpec | None, c) -> str:
+    try:
+        return f"{c} ({spec.label.classes[int(c)]})" if spec else str(c)
+    except (KeyError, ValueError):
+        return str(c)
+
+
+def cf_methods(run: RunDir, split_dir: Path | None = None) -> dict[str, int]:
+    """CF files (method -> record lines) in RUN/cfs/ or another folder, without parsing them."""
+    folder = split_dir or run.cfs
+    if not folder.is_dir():
+        return {}
+    return {p.stem: sum(1 for line in p.open("rb") if line.strip()) for p in sorted(folder.glob("*.jsonl"))}
+
+
+def provenances(run: RunDir) -> dict[str, dict]:
+    """Every stage's provenance.json, keyed by its folder relative to the run (W&B files skipped;
+    the run's own provenance.json belongs to this report and is rewritten by it)."""
+    out = {}
+    for path in sorted(run.root.rglob("provenance.json")):
+        rel = path.parent.relative_to(run.root)
+        if rel == Path(".") or "wandb" in rel.parts:
+            continue
+        try:
+            out[str(rel)] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            out[str(rel)] = {"error": f"{path}: not valid JSON ({e})"}
+    return out
+
+
+# --- formatting ----------------------------------------------------------------------------------
+def fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def md_table(rows: list[dict]) -> str:
+    if not rows:
+        return "_(none)_\n"
+    # disable_numparse: keep the cells exactly as formatted ("0.420", "1,739"), not re-read as numbers
+    return pd.DataFrame(rows).astype(str).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def demote(markdown: str, levels: int = 2) -> str:
+    """Push an embedded file's headings below this report's sections ("# X" -> "### X")."""
+    return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown, flags=re.M)
+
+
+def figure(run: RunDir, key: str) -> str:
+    rel, name, caption, command_key = FIGURES[key]
+    path = run.root / rel
+    if not path.is_file():
+        return f"**{name}**: " + not_run(run, path, command_key)
+    link = os.path.relpath(path, run.report.parent)
+    return f"![{name} — {caption}]({link})\n\n*{name} — {caption}.*\n"
+
+
+# --- sections ------------------------------------------------------------------------------------
+def cohort_counts(run: RunDir) -> dict | None:
+    """Windows and participants per split and label balance, from the cohort table (counts only)."""
+    if not run.features.is_file():
+        return None
+    spec = load_spec(run)
+    columns = [c for c in (GROUP_COL, SPLIT_COL, spec.label.name if spec else None) if c]
+    df = pd.read_parquet(run.features, columns=columns)
+    out = {"windows": len(df), "participants": int(df[GROUP_COL].nunique()), "splits": {}}
+    for side, part in sorted(df.groupby(SPLIT_COL), key=lambda kv: (kv[0] != "train", str(kv[0]))):
+        entry = {"windows": len(part), "participants": int(part[GROUP_COL].nunique())}
+        if spec:
+            entry["labels"] = {str(k): int(v) for k, v in part[spec.label.name].value_counts().sort_index().items()}
+        out["splits"][str(side)] = entry
+    return out
+
+
+def _split_table(splits: dict, spec: DatasetSpec | None) -> str:
+    classes = sorted({c for s in splits.values() for c in s.get("labels", s.get("label_counts", {}))})
+    rows = []
+    for side, s in splits.items():
+        labels = s.get("labels", s.get("label_counts", {}))
+        rows.append({"split": side, "participants": fmt(s.get("participants")), "windows": fmt(s.get("windows")),
+                     **{f"label {class_name(spec, c)}": fmt(labels.get(c, 0)) for c in classes}})
+    return md_table(rows)
+
+
+def _aireadi_quality(q: dict, spec: DatasetSpec | None) -> list[str]:
+    p, w, demo = q["participants"], q["windows"], q.get("demographics", {})
+    dropped = w.get("dropped_by_first_reason", {})
+    out = [
+        f"**Participants**: {fmt(p.get('listed'))} listed, {fmt(p.get('read'))} read, "
+        f"{fmt(p.get('with_windows'))} with at least one window, {fmt(p.get('skipped'))} skipped.\n",
+        md_table([{"participants skipped because": k, "count": fmt(v)}
+                  for k, v in p.get("skipped_by_reason", {}).items()]),
+        f"**Windows**: {fmt(w.get('built'))} built, {fmt(w.get('kept'))} kept, "
+        f"{fmt(sum(dropped.values()))} dropped, each counted under the first check it failed "
+        f"(checks in order: {', '.join(w.get('drop_reason_order', dropped))}).\n",
+        md_table([{"windows dropped because": k, "count": fmt(v)} for k, v in dropped.items()]),
+        "**Quirks** repaired or counted while reading the release:\n",
+        md_table([{"quirk": k, "count": fmt(v)} for k, v in q.get("quirks", {}).items()]),
+        f"**Files that could not be used**: {len(q.get('failed_files', []))} (paths and reasons in "
+        "`cohort/quality.json`).\n",
+    ]
+    if demo:
+        given = "given" if demo.get("demographics_file") else "**not given** (sex is unknown for everyone)"
+        observation = "found" if demo.get("observation_csv_found") else "**not found**"
+        sources = [{"feature": feat, "source": src, "participants": fmt(n)}
+                   for feat in ("sex", "medication") for src, n in demo.get(f"{feat}_source", {}).items()]
+        out += [
+            "**Sex and medication** are not in the public release. Controlled-access demographics file: "
+            f"{given}; public screening items (`cmtrt_*` in observation.csv) for medication: {observation}. "
+            f"Over the {demo.get('counted_over', 'participants')}: sex unknown for {fmt(demo.get('sex_unknown'))}, "
+            f"medication unknown for {fmt(demo.get('medication_unknown'))}; demographics rows matching no "
+            f"participant: {fmt(demo.get('demographics_rows_not_in_participants_tsv'))}.\n",
+            md_table(sources),
+        ]
+    if "label" in q:
+        lab = q["label"]
+        out.append(f"**Label** `{lab.get('name')}`: {lab.get('rule')} (scope: {lab.get('scope')}; windows need "
+                   f"{lab.get('min_stress_values')} valid stress values).\n")
+    if "split" in q:
+        split = q["split"]
+        out += [f"**Split** by participant ({split.get('method')}, seed {split.get('seed')}):\n",
+                _split_table({k: split[k] for k in ("train", "test") if k in split}, spec)]
+    return out
+
+
+def _table_quality(q: dict, spec: DatasetSpec | None) -> list[str]:
+    missing = q.get("missing_by_column", {})
+    out = [f"**Rows**: {fmt(q.get('rows_read'))} read, {fmt(q.get('rows_kept'))} kept, "
+           f"{fmt(q.get('rows_dropped_missing'))} dropped for missing values.\n"]
+    if missing:
+        out.append(md_table([{"column": k, "rows missing": fmt(v)} for k, v in missing.items()]))
+    if "label_balance" in q:
+        out.append("**Label balance**: " + ", ".join(f"{class_name(spec, k)}: {fmt(v)}"
+                                                     for k, v in q["label_balance"].items()) + ".\n")
+    return out
+
+
+def section_data_quality(run: RunDir) -> str:
+    if not run.features.is_file():
+        return not_run(run, run.features, "cohort")
+    spec, prov = load_spec(run), read_json(run.cohort / "provenance.json") or {}
+    source = prov.get("source", {})
+    kind = "synthetic" if run.is_synthetic() else "not marked synthetic"
+    version = f", release version `{source['release_version']}`" if source.get("release_version") else ""
+    parts = [f"Cohort source: **{kind}**{version} (`cohort/provenance.json`).\n"]
+    q = read_json(run.quality)
+    if q is None:
+        parts.append(not_run(run, run.quality, "cohort"))
+    elif "participants" in q and "windows" in q:
+        parts += _aireadi_quality(q, spec)
+    elif "rows_read" in q:
+        parts += _table_quality(q, spec)
+    else:
+        parts.append(f"`cohort/quality.json` has an unrecognised layout (keys: {', '.join(sorted(q))}).\n")
+    if q is None or "split" not in q:  # the split's counts, when quality.json does not give them
+        counts = cohort_counts(run)
+        parts += [f"**Cohort table** (`cohort/features.parquet`): {fmt(counts['windows'])} windows from "
+                  f"{fmt(counts['participants'])} participants.\n", _split_table(counts["splits"], spec)]
+    return "\n".join(parts)
+
+
+def section_classifier(run: RunDir) -> str:
+    m = read_json(run.classifier / "metrics.json")
+    if m is None:
+        return not_run(run, run.classifier / "metrics.json", "classifier")
+    train = m.get("train_metrics", {})
+    rows = [{"metric": k, "test": fmt(m.get(k)), "train": fmt(train.get(k))} for k in CLASSIFIER_METRICS]
+    balance = m.get("class_balance", {}).get("test", {})
+    spec = load_spec(run)
+    return (
+        f"Black box: `{m.get('model')}` (seed {m.get('seed')}), trained on {fmt(m.get('n_train'))} windows of the "
+        f"training split and scored on {fmt(m.get('n_test'))} test windows ("
+        + ", ".join(f"{class_name(spec, k)}: {fmt(v)}" for k, v in balance.items())
+        + "). Positive class 1; AUC from P(class 1).\n\n" + md_table(rows)
+    )
+
+
+def section_table3(run: RunDir) -> str:
+    path = run.eval / "table3.md"
+    on_disk = cf_methods(run)
+    if not path.is_file():
+        return not_run(run, run.cfs, "cfs") if not on_disk else not_run(run, path, "table3")
+    text = demote(path.read_text())
+    prov = read_json(run.eval / "provenance.json") or {}
+    in_table = set(prov.get("config", {}).get("methods", on_disk))
+    left_out = sorted(set(on_disk) - in_table)
+    if left_out:
+        text += (f"\nCF files in `cfs/` not in this table (written after it, or left out with --methods): "
+                 f"{', '.join(left_out)}. Re-run `{commands(run)['table3']}` to include them.\n")
+    return text + "\nMetric definitions: DESIGN.md (validity, distance, sparsity, plausibility and the rest).\n"
+
+
+def section_figs_6_8(run: RunDir) -> str:
+    return "\n".join(figure(run, k) for k in ("fig6", "fig8"))
+
+
+def section_intervention(run: RunDir) -> str:
+    path = run.eval / "intervention.md"
+    if not path.is_file():
+        return not_run(run, path, "table3")
+    return demote(path.read_text())
+
+
+def section_table4(run: RunDir) -> str:
+    path = run.augment / "table4.md"
+    if not path.is_file():
+        train_dir = run.cfs / "train"
+        return not_run(run, path, "table4") if cf_methods(run, train_dir) else not_run(run, train_dir, "train_cfs")
+    config = (read_json(run.augment / "provenance.json") or {}).get("config", {})
+    lines = []
+    if config:
+        lines.append(
+            f"Sources: {', '.join(config.get('sources', []))}; scenarios {', '.join(config.get('scenarios', []))}; "
+            f"ratios {config.get('ratios')} (table at ratio {config.get('table_ratio')}); "
+            f"seeds {len(config.get('seeds', []))}.\n"
+        )
+    return "\n".join(lines) + "\n" + demote(path.read_text())
+
+
+def section_figs_7_1(run: RunDir) -> str:
+    return "\n".join(figure(run, k) for k in ("fig7", "fig1"))
+
+
+def trainer_state(folder: Path) -> dict | None:
+    """The trainer state Axolotl (HF Trainer) left: the output folder's, else the last checkpoint's."""
+    if (folder / "trainer_state.json").is_file():
+        return read_json(folder / "trainer_state.json")
+    found = [p for p in folder.glob("checkpoint-*/trainer_state.json") if p.parent.name.split("-")[-1].isdigit()]
+    if not found:
+        return None
+    return read_json(max(found, key=lambda p: int(p.parent.name.split("-")[-1])))
+
+
+def training_row(recipe: str, folder: Path) -> dict:
+    state = trainer_state(folder)
+    adapter = "yes" if (folder / "adapter_model.safetensors").is_file() else "no"
+    if state is None:
+        return {"recipe": recipe, "adapter": adapter, "steps": "–", "loss start": "–", "loss end": "–",
+                "eval loss": "–", "tokens/s": "–", "runtime (s)": "–", "note": "no trainer_state.json"}
+    history = state.get("log_history", [])
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    rates = [h["tokens/train_per_sec_per_gpu"] for h in history if "tokens/train_per_sec_per_gpu" in h]
+    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    trainable = next((h["tokens/trainable"] for h in reversed(history) if "tokens/trainable" in h), None)
+    # Whole-run rate when the trainer logged its runtime and trainable tokens; else the mean logged rate.
+    rate = trainable / runtime if runtime and trainable else (sum(rates) / len(rates) if rates else None)
+    return {"recipe": recipe, "adapter": adapter, "steps": fmt(state.get("global_step")),
+            "loss start": fmt(losses[0] if losses else None), "loss end": fmt(losses[-1] if losses else None),
+            "eval loss": fmt(evals[-1] if evals else None), "tokens/s": fmt(rate, 1),
+            "runtime (s)": fmt(runtime, 1), "note": ""}
+
+
+def section_finetuning(run: RunDir) -> str:
+    parts = []
+    s = read_json(run.sft / "summary.json")
+    if s is None:
+        parts.append(not_run(run, run.sft / "summary.json", "sft"))
+    else:
+        written = s.get("written", {})
+        parts += [
+            f"**SFT pairs** (`sft/summary.json`): {fmt(s.get('factuals'))} training factuals; teacher CF valid for "
+            f"{fmt(s.get('teacher_valid'))}, invalid for {fmt(s.get('teacher_invalid'))} "
+            f"({', '.join(f'{k}: {fmt(v)}' for k, v in s.get('teacher_invalid_reasons', {}).items()) or 'none'}); "
+            f"dropped by --max-pairs {fmt(s.get('dropped_by_max_pairs'))}. Written: train {fmt(written.get('train'))}, "
+            f"val {fmt(written.get('val'))}, few-shot pool {fmt(written.get('fewshot'))}.\n",
+            f"Token lengths of the full chat per tokenizer (limit {s.get('max_tokens')}):\n",
+            md_table([{"tokenizer": name, **{k: fmt(v, 1) for k, v in stats.items()}}
+                      for name, stats in s.get("token_lengths", {}).items()]),
+        ]
+    folders = sorted(p for p in run.checkpoints.iterdir() if p.is_dir()) if run.checkpoints.is_dir() else []
+    if not folders:
+        parts.append("**Training**: " + not_run(run, run.checkpoints, "finetune"))
+    else:
+        parts += ["**Training** (`checkpoints/<recipe>/`, from the trainer state):\n",
+                  md_table([training_row(p.name, p) for p in folders])]
+    return "\n".join(parts)
+
+
+def section_timing(run: RunDir) -> str:
+    path = run.root / "stages.json"
+    data = read_json(path)
+    if data is None:
+        return not_run(run, path, "timing")
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    rows = [{"stage": s.get("stage"), "wall time (s)": fmt(s.get("seconds"), 1),
+             "skipped (up to date)": fmt(bool(s.get("skipped")))} for s in data.get("stages", [])]
+    return (
+        f"Per-stage wall time of `{data.get('recipe')}` (`stages.json`, written {written} when the runner "
+        f"finished; total {fmt(data.get('total_seconds'), 1)} s). A report built as a stage of that run shows "
+        "the previous complete run. Seconds per CF are in Table III.\n\n" + md_table(rows)
+    )
+
+
+def section_reproducibility(run: RunDir) -> str:
+    provs = provenances(run)
+    if not provs:
+        return f"_{NOT_RUN}_: no stage wrote a `provenance.json` yet.\n"
+    rows, versions = [], {}
+    for stage, p in provs.items():
+        command = p.get("command")
+        seed = p.get("seed") if p.get("seed") is not None else p.get("config", {}).get("seeds")  # augment: a list
+        rows.append({"stage": f"`{stage}`", "created": p.get("created", "–"), "seed": fmt(seed),
+                     "git commit": (p.get("git_commit") or "–")[:12],
+                     "inputs hashed": fmt(len(p.get("inputs", {}))),
+                     "command": f"`{shlex.join(command)}`" if command else "–"})
+        for package, version in p.get("versions", {}).items():
+            versions.setdefault(package, {}).setdefault(version, []).append(stage)
+    vrows = []
+    for package, by_version in sorted(versions.items()):
+        shown = [v if len(by_version) == 1 else f"{v} ({', '.join(stages)})" for v, stages in by_version.items()]
+        vrows.append({"package": package, "version": "; ".join(shown)})
+    commits = {p.get("git_commit") for p in provs.values() if p.get("git_commit")}
+    note = (f"\nThe stages ran at {len(commits)} different git commits.\n" if len(commits) > 1 else "")
+    return ("Each stage's `provenance.json` (command, seed, config, package versions, git commit, SHA-256 of "
+            "its inputs):\n\n" + md_table(rows) + "\nPackage versions recorded by the stages (stages named "
+            "where they differ):\n\n" + md_table(vrows) + note)
+
+
+def notes(run: RunDir) -> list[str]:
+    """Honest limits of this run, as bullet items."""
+    items = []
+    if run.is_synthetic():
+        items.append("The cohort is **synthetic**: its numbers show that the pipeline runs end to end; they are not "
+                     "AI-READI results and say nothing about stress in people.")
+    elif run.features.is_file():
+        items.append("The cohort is **not marked synthetic**. If it is AI-READI data, this report holds aggregates "
+                     "and one example window (Intervention) derived from health data under the data-use agreement.")
+    methods = set(cf_methods(run)) | set(cf_methods(run, run.cfs / "train"))
+    recipes = {p.name for p in run.checkpoints.iterdir()} if run.checkpoints.is_dir() else set()
+    small = sorted(m for m in methods | recipes if "smollm" in m.lower())
+    if small:
+        items.append(f"SmolLM2-135M-Instruct ({', '.join(small)}) is a 135 M-parameter model embedded so the pipeline "
+                     "runs offline on a CPU: its CFs show that the generation engine works (grammar, parsing, "
+                     "validity checks), not the quality of the paper's 7–8 B models.")
+    counts = (read_json(run.eval / "provenance.json") or {}).get("config", {}).get("records_per_file", {})
+    if counts:
+        items.append("Table III values are point estimates without confidence intervals, over "
+                     + ", ".join(f"{m}: {n}" for m, n in counts.items())
+                     + " records; with few factuals per class, small differences between methods are noise.")
+    config = (read_json(run.augment / "provenance.json") or {}).get("config", {})
+    if config:
+        seeds = len(config.get("seeds", []))
+        text = f"Table IV averages {seeds} seed(s) with 95% t-intervals"
+        text += "; one seed gives no interval." if seeds < 2 else "."
+        table = run.augment / "table4.csv"
+        if table.is_file():
+            short = int(pd.read_csv(table)["note"].fillna("").str.startswith("insufficient").sum())
+            if short:
+                text += (f" {short} cell(s) had too few usable CFs and were not fitted (marked insufficient; "
+                         "the CF pool summary under Table IV says why CFs were excluded).")
+        items.append(text)
+    return items
+
+
+SECTION_BUILDERS = {
+    "Data quality": section_data_quality,
+    "Classifier": section_classifier,
+    "Table III": section_table3,
+    "Figs. 6 and 8": section_figs_6_8,
+    "Intervention": section_intervention,
+    "Table IV": section_table4,
+    "Figs. 7 and 1": section_figs_7_1,
+    "Fine-tuning": section_finetuning,
+    "Timing": section_timing,
+    "Reproducibility": section_reproducibility,
+}
+
+
+def summary(run: RunDir) -> str:
+    """One paragraph: which cohort, which stages ran, which did not."""
+    name = run.root.resolve().name
+    counts = cohort_counts(run)
+    if counts is None:
+        return f"Run `{name}` has no cohort yet, so no stage after it can have run."
+    kind = "a **synthetic** cohort" if run.is_synthetic() else "a cohort **not marked synthetic**"
+    spec = load_spec(run)
+    text = (f"Run `{name}` used {kind} ({spec.name if spec else 'unknown spec'}): {fmt(counts['windows'])} windows "
+            f"from {fmt(counts['participants'])} participants, split by participant into "
+            + ", ".join(f"{side} {fmt(s['windows'])}" for side, s in counts["splits"].items()) + " windows.")
+    m = read_json(run.classifier / "metrics.json")
+    if m:
+        text += (f" The black box ({m.get('model')}) scores F1 {fmt(m.get('F1'))}, AUC {fmt(m.get('AUC'))} "
+                 "on the test split.")
+    methods = cf_methods(run)
+    if methods:
+        text += f" CFs of test windows came from {len(methods)} method(s): {', '.join(methods)}."
+    train_methods = cf_methods(run, run.cfs / "train")
+    if train_methods:
+        text += f" CFs of training windows for augmentation came from {', '.join(train_methods)}."
+    if run.checkpoints.is_dir():
+        recipes = sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir())
+        if recipes:
+            text += f" Fine-tuned: {', '.join(recipes)}."
+    missing = [label for label, path in [
+        ("classifier", run.classifier / "metrics.json"), ("Table III", run.eval / "table3.md"),
+        ("Table IV", run.augment / "table4.md"), ("SFT pairs", run.sft / "summary.json"),
+        ("fine-tuning", run.checkpoints)] if not path.exists()]
+    if missing:
+        text += f" Not run: {', '.join(missing)} (their sections say how to run them)."
+    return text
+
+
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)  # JSON errors are ValueErrors
+
+
+def render_report(run: RunDir) -> tuple[str, dict[str, str]]:
+    """(report.md text, errors per section). A part whose artifact cannot be read says so in place."""
+    errors = {}
+
+    def safe(name: str, build, fallback):
+        try:
+            return build(run)
+        except READ_ERRORS as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+            return fallback(errors[name])
+
+    title = f"SenseCF experiment report — {run.root.resolve().name}"
+    parts = [f"# {title}", "", safe("Summary", summary, lambda e: f"**Summary could not be written**: {e}"), ""]
+    for heading, build in SECTION_BUILDERS.items():
+        body = safe(heading, build, lambda e: f"**Could not be rendered**: {e}\n")
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    items = safe("Notes", notes, lambda e: [f"**Notes could not be written**: {e}"])
+    if errors:
+        items.append("Parts that could not be rendered: " + "; ".join(f"{h} ({e})" for h, e in errors.items()))
+    parts += ["## Notes", "", *(f"- {item}" for item in items), ""]
+    return "\n".join(parts), errors
+
+
+# --- W&B -----------------------------------------------------------------------------------------
+def wandb_aggregates(run: RunDir) -> tuple[dict, dict[str, pd.DataFrame], dict[str, Path]]:
+    """(scalar metrics, tables, images) for W&B: aggregates only, from the artifacts that exist."""
+    metrics, tables, images = {}, {}, {}
+    m = read_json(run.classifier / "metrics.json")
+    if m:
+        metrics = {f"classifier/{k}": m[k] for k in CLASSIFIER_METRICS if m.get(k) is not None}
+        train = m.get("train_metrics", {})
+        tables["classifier_metrics"] = pd.DataFrame(
+            [{"metric": k, "test": m.get(k), "train": train.get(k)} for k in CLASSIFIER_METRICS])
+    for name, path in [("table3", run.eval / "table3.csv"), ("table4", run.augment / "table4.csv")]:
+        if path.is_file():
+            tables[name] = pd.read_csv(path)
+    stages = read_json(run.root / "stages.json")
+    if stages and stages.get("stages"):
+        tables["stages"] = pd.DataFrame(stages["stages"])
+    for key, (rel, *_) in FIGURES.items():
+        if (run.root / rel).is_file():
+            images[key] = run.root / rel
+    return metrics, tables, images
+
+
+def log_to_wandb(run: RunDir) -> str | None:
+    """One W&B run (stage "report") with the aggregates; the W&B Report is built, and saved only
+    when WANDB_MODE=online. Returns the published report's URL, else None."""
+    from sensecf.wandb_log import DEFAULT_PROJECT, log_image, log_metrics, log_table, stage_run
+    from sensecf.wandb_report import ReportSection, build_wandb_report, publish_wandb_report, workspaces_available
+
+    metrics, tables, images = wandb_aggregates(run)
+    with stage_run(run, "report", {"run": run.root.resolve().name}) as wb:
+        if metrics:
+            log_metrics(wb, metrics)
+        for name, df in tables.items():
+            log_table(wb, name, df)
+        for name, path in images.items():
+            log_image(wb, name, path)
+        group = wb.group
+    if not workspaces_available():
+        typer.echo("wandb-workspaces is not installed: no W&B Report built (the run's tables and images are logged)")
+        return None
+
+    def keys(wanted, present):
+        return [k for k in wanted if k in present]
+
+    sections = [
+        ReportSection("Classifier", tables=keys(["classifier_metrics"], tables)),
+        ReportSection("Table III — CF quality", tables=keys(["table3"], tables), images=keys(["fig6", "fig8"], images)),
+        ReportSection("Table IV — augmentation under label scarcity", tables=keys(["table4"], tables),
+                      images=keys(["fig7", "fig1"], images)),
+        ReportSection("Timing", tables=keys(["stages"], tables)),
+    ]
+    report = build_wandb_report(
+        title=f"SenseCF — {group}", summary=summary(run), sections=[s for s in sections if s.tables or s.images],
+        notes="\n".join(f"- {item}" for item in notes(run)), group=group,
+        project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
+    )
+    return publish_wandb_report(report)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def write_report(run: RunDir, wandb: bool = False) -> tuple[Path, dict[str, str]]:
+    """Write RUN/report.md and RUN/provenance.json; returns the path and the sections that failed."""
+    text, errors = render_report(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.report.write_text(text)
+    read = [p for p in [run.quality, run.classifier / "metrics.json", run.eval / "table3.md",
+                        run.eval / "intervention.md", run.augment / "table4.md", run.sft / "summary.json",
+                        run.root / "stages.json"] if p.is_file()]
+    write_provenance(run.root, config={"wandb": wandb, "section_errors": errors}, inputs=read)
+    return run.report, errors
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    run: Path = typer.Option(..., help="run directory (any stages may have run)"),
+    wandb: bool = typer.Option(True, help="log the aggregates to W&B (offline unless WANDB_MODE=online)"),
+) -> None:
+    """Write RUN/report.md from every stage's artifacts; log its aggregates to W&B."""
+    run_dir = RunDir(run)
+    if not run_dir.root.is_dir():
+        typer.echo(f"error: {run}: run directory not found", err=True)
+        raise typer.Exit(1)
+    path, errors = write_report(run_dir, wandb)
+    n_not_run = path.read_text().count(f"_{NOT_RUN}_")
+    typer.echo(f"wrote {path} ({n_not_run} missing artifact(s) marked '{NOT_RUN}')")
+    for heading, error in errors.items():
+        typer.echo(f"warning: {heading} could not be rendered: {error}", err=True)
+    if wandb:
+        url = log_to_wandb(run_dir)
+        mode = os.environ.get("WANDB_MODE", "offline")
+        typer.echo(f"W&B report published: {url}" if url else
+                   f"W&B ({mode}): aggregates logged under {run_dir.root / 'wandb'}; the W&B Report is published "
+                   "only with WANDB_MODE=online")
+
+if __name__ == "__main__":
+    app()
