@@ -1,0 +1,357 @@
+"""LLM counterfactuals for the shared factual sample -> RUN/cfs/<method>.jsonl.
+
+    python -m eval.generate --run RUN --backend hf --method smollm2_zs [--adapter PATH] [--model DIR]
+        [--enforcer xgrammar|lmfe] [--free] [--no-jump-forward] [--batch-size 16]
+        [--candidates K --temperature T] [--fewshot K] [--n 200] [--split test|train]
+        [--factuals FILE] [--seed 0]
+    python -m eval.generate --run RUN --backend openai --method gpt4o_fs --fewshot 5
+        [--api-model gpt-4o-2024-08-06] [--base-url URL] [--api-key-env OPENAI_API_KEY]
+        [--constraint json_schema|regex|none] [--concurrency 8] [--allow-external-api]
+
+Factuals: --factuals FILE, else RUN/cfs/factuals_<split>.json (eval.baselines' sample, so LLMs
+and baselines explain the same windows), else a fresh sample drawn the same way (n split
+between the two predicted classes, seeded) and written there. Desired class = 1 - predicted.
+Records of the test split go to RUN/cfs/<method>.jsonl, of another split to
+RUN/cfs/<split>/<method>.jsonl; re-running skips records already written, so a killed run
+resumes with nothing lost or duplicated. --candidates K samples K answers per factual
+(candidate 0..K-1; eval.metrics.verified_records picks the nearest valid one).
+The openai backend refuses a cohort not marked synthetic unless --allow-external-api.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+from tqdm import tqdm
+
+from eval.baselines import factuals_file, immutables_kept, native_values, read_factual_ids, records_dir, sample_factuals
+from prompts.render import apply_chat_template, build_messages
+from sensecf.blackbox import BlackBox
+from sensecf.records import CFRecord, RecordWriter, read_records
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
+from sensecf.spec import DatasetSpec
+
+
+class GenerateError(ValueError):
+    """Bad input for generation; the message names the file, option or value."""
+
+
+# --- what to explain ------------------------------------------------------------------------
+def choose_factuals(
+    run: RunDir, split: str, n: int, seed: int, factuals: Path | None
+) -> tuple[pd.DataFrame, DatasetSpec, BlackBox, Path, str]:
+    """(factual rows with `factual_pred`, spec, black box, the id file, where the ids came from)."""
+    df, spec = run.load_cohort()
+    blackbox = BlackBox.load(run.model, spec)
+    pool = df[df[SPLIT_COL] == split].reset_index(drop=True)
+    if pool.empty:
+        raise GenerateError(f"{run.features}: no rows with {SPLIT_COL} == '{split}'")
+    predicted = blackbox.predict(pool)
+    shared = factuals_file(run, split)
+    if factuals is not None:
+        ids, source = read_factual_ids(factuals), str(factuals)
+    elif shared.exists():
+        ids, source = read_factual_ids(shared), str(shared)
+    else:
+        ids, note = sample_factuals(pool, predicted, n, seed)
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_text(json.dumps({"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1))
+        source = f"sampled (seed {seed}) -> {shared}"
+    known = set(pool[ID_COL].astype(str))
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise GenerateError(f"{source}: {len(missing)} ids are not '{split}' windows of {run.features}: {missing[:5]}")
+    order = {i: k for k, i in enumerate(dict.fromkeys(ids))}
+    chosen = pool.assign(factual_pred=predicted)[pool[ID_COL].astype(str).isin(order)]
+    chosen = chosen.sort_values(ID_COL, key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
+    return chosen, spec, blackbox, factuals or shared, source
+
+
+def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[tuple[dict, dict]]]:
+    """The first k (factual, cf) pairs per desired class from RUN/sft/fewshot.jsonl."""
+    if k <= 0:
+        return {0: [], 1: []}
+    path = run.sft / "fewshot.jsonl"
+    if not path.exists():
+        raise GenerateError(f"{path}: no few-shot pool; build it with `python -m dataset_builders pairs --run ...`")
+    out: dict[int, list] = {0: [], 1: []}
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            cls = int(row["desired_class"])
+            pair = (row["factual"], row["cf"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise GenerateError(f"{path}:{i}: not a few-shot pair ({type(e).__name__}: {e})") from None
+        if cls in out and len(out[cls]) < k:
+            out[cls].append(pair)
+    short = {c: len(v) for c, v in out.items() if len(v) < k}
+    if short:
+        raise GenerateError(f"{path}: fewer than {k} examples for desired class(es) {short}")
+    return out
+
+
+def row_seed(seed: int, window_id: str, candidate: int) -> int:
+    """A sampling seed per (factual, candidate): the same answer whatever the batch or resume point."""
+    return zlib.crc32(f"{seed}:{window_id}:{candidate}".encode())
+
+
+# --- records ----------------------------------------------------------------------------------
+def make_records(spec, blackbox, method, jobs, results, extra) -> list[CFRecord]:
+    """CF records for finished jobs; the black box predicts every parsed CF in one call."""
+    cfs = [r.cf for r in results if r.cf is not None]
+    preds = iter(blackbox.predict(cfs).tolist() if cfs else [])
+    out = []
+    for (row, factual, candidate, _), res in zip(jobs, results, strict=True):
+        counts = {"prefill_tokens": res.prefill_tokens, "sampled_tokens": res.sampled_tokens}
+        out.append(
+            CFRecord(
+                window_id=str(row[ID_COL]),
+                participant_id=str(row[GROUP_COL]),
+                method=method,
+                candidate=candidate,
+                factual=factual,
+                factual_pred=int(row["factual_pred"]),
+                desired_class=1 - int(row["factual_pred"]),
+                raw_text=res.text,
+                cf=res.cf,
+                parse_status=res.status,
+                immutables_ok=immutables_kept(spec, factual, res.cf) if res.cf is not None else None,
+                cf_pred=int(next(preds)) if res.cf is not None else None,
+                seconds=res.seconds,
+                prompt_tokens=res.prompt_tokens,
+                completion_tokens=res.completion_tokens,
+                decode_steps=res.decode_steps,
+                extra={**extra, **{k: v for k, v in counts.items() if v is not None}, **res.extra},
+            )
+        )
+    return out
+
+
+# --- the stage --------------------------------------------------------------------------------
+def generate(
+    run: RunDir,
+    method: str,
+    backend: str = "hf",
+    *,
+    split: str = "test",
+    n: int = 200,
+    seed: int = 0,
+    factuals: Path | None = None,
+    candidates: int = 1,
+    fewshot: int = 0,
+    batch_size: int = 16,
+    hf_options: dict | None = None,
+    openai_options: dict | None = None,
+    allow_external_api: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the records still missing; returns a summary (counts, timings, failures)."""
+    hf, api = dict(hf_options or {}), dict(openai_options or {})
+    temperature = float((hf if backend == "hf" else api).get("temperature", 0.0))
+    if backend not in ("hf", "openai"):
+        raise GenerateError(f"--backend must be hf or openai, got '{backend}'")
+    if candidates < 1:
+        raise GenerateError(f"--candidates must be >= 1, got {candidates}")
+    if candidates > 1 and temperature <= 0:
+        raise GenerateError(f"--candidates {candidates} needs --temperature > 0 (greedy answers are all the same)")
+    if backend == "openai" and not run.is_synthetic() and not allow_external_api:
+        raise GenerateError(
+            f"{run.cohort}: the cohort is not marked synthetic; the openai backend sends its rows to "
+            f"{api.get('base_url') or 'api.openai.com'}. Pass --allow-external-api if your data-use agreement allows it"
+        )
+    chosen, spec, blackbox, ids_file, source = choose_factuals(run, split, n, seed, factuals)
+    examples = fewshot_examples(run, fewshot, spec)
+    path = records_dir(run, split) / f"{method}.jsonl"
+    summary: dict = {"method": method, "backend": backend, "factuals": len(chosen), "factuals_from": source}
+    with RecordWriter(path) as writer:
+        jobs = []
+        for _, row in chosen.iterrows():
+            factual = native_values(spec, row)
+            for c in range(candidates):
+                if not writer.is_done(str(row[ID_COL]), method, c):
+                    jobs.append((row, factual, c, row_seed(seed, str(row[ID_COL]), c)))
+        summary["already_done"] = len(chosen) * candidates - len(jobs)
+        bar = tqdm(total=len(jobs), desc=method, unit="cf", disable=not progress)
+        extra = {"backend": backend, "temperature": temperature, "fewshot": fewshot}
+        if backend == "hf":
+            failures = _run_hf(spec, blackbox, method, jobs, examples, batch_size, hf, extra, writer, bar)
+        else:
+            failures = _run_openai(spec, blackbox, method, jobs, examples, api, extra, writer, bar)
+        bar.close()
+    records = [r for r in read_records(path) if r.window_id in set(chosen[ID_COL].astype(str))]
+    summary.update(
+        written=len(jobs) - len(failures),
+        failed=failures,
+        records=len(records),
+        status=dict(Counter(r.parse_status for r in records)),
+        immutables_violated=sum(r.immutables_ok is False for r in records),
+        seconds_per_cf=float(np.mean([r.seconds for r in records])) if records else None,
+        decode_steps_per_cf=_mean([r.decode_steps for r in records]),
+        file=str(path),
+    )
+    config = {"method": method, "backend": backend, "split": split, "n": n, "candidates": candidates}
+    config.update(fewshot=fewshot, batch_size=batch_size, summary=summary)
+    config["options"] = hf if backend == "hf" else api
+    inputs = [run.features, run.spec, run.model, ids_file, run.sft / "fewshot.jsonl" if fewshot else None]
+    if hf.get("adapter"):
+        inputs.append(Path(hf["adapter"]) / "adapter_model.safetensors")
+    write_provenance(path.parent / "generate" / method, config=config, inputs=[p for p in inputs if p], seed=seed)
+    return summary
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _messages(spec, job, examples):
+    row, factual, _, _ = job
+    desired = 1 - int(row["factual_pred"])
+    return build_messages(spec, factual, desired, examples=examples[desired])
+
+
+def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, writer, bar) -> list:
+    from sensecf.generate.hf_backend import DecodeConfig, HFGenerator, load_model
+    from sensecf.generate.result import GenRequest
+
+    if not jobs:
+        return []
+    model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"))
+    config = DecodeConfig(
+        constrained=not opts.get("free", False),
+        enforcer=opts.get("enforcer", "xgrammar"),
+        jump_forward=opts.get("jump_forward", True),
+        temperature=float(opts.get("temperature", 0.0)),
+        max_new_tokens=int(opts.get("max_new_tokens", 256)),
+        bound_groups=opts.get("bound_groups", True),
+    )
+    generator = HFGenerator(model, tokenizer, spec, config)
+    extra = {**extra, "model": str(opts.get("model") or "embedded:smollm2"), "adapter": opts.get("adapter")}
+    extra.update(free=not config.constrained, enforcer=config.enforcer, jump_forward=config.jump_forward)
+    extra["batch_size"] = batch_size
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        requests = [
+            GenRequest(job[1], seed=job[3], prompt=apply_chat_template(tokenizer, _messages(spec, job, examples)))
+            for job in batch
+        ]
+        results = generator.generate_batch(requests)
+        writer.write_all(make_records(spec, blackbox, method, batch, results, extra))
+        bar.update(len(batch))
+    return []
+
+
+def _run_openai(spec, blackbox, method, jobs, examples, opts, extra, writer, bar) -> list:
+    from sensecf.generate.openai_backend import OpenAIConfig, OpenAIGenerator
+    from sensecf.generate.result import GenRequest
+
+    config = OpenAIConfig(**opts)
+    generator = OpenAIGenerator(spec, config)
+    extra = {**extra, "model": config.model, "constraint": config.constraint, "base_url": config.base_url}
+    requests = [GenRequest(job[1], seed=job[3], messages=_messages(spec, job, examples)) for job in jobs]
+
+    def write(index, result):
+        writer.write_all(make_records(spec, blackbox, method, [jobs[index]], [result], extra))
+        bar.update(1)
+
+    outcome = generator.generate(requests, on_result=write)
+    return [
+        {"window_id": str(jobs[f.index][0][ID_COL]), "candidate": jobs[f.index][2], "error": f.error}
+        for f in outcome.failures
+    ]
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    run: Path = typer.Option(..., help="run directory with cohort/ and classifier/"),
+    method: str = typer.Option(..., help="name of this method's records: RUN/cfs/<method>.jsonl"),
+    backend: str = typer.Option("hf", help="hf (local transformers model) or openai (any OpenAI-compatible endpoint)"),
+    n: int = typer.Option(200, help="factuals to sample when no factual file exists (half per predicted class)"),
+    split: str = typer.Option("test", help="split of the factuals (train: CFs for augmentation)"),
+    factuals: Path | None = typer.Option(None, help="JSON list of window ids (or factuals_<split>.json) to explain"),
+    seed: int = typer.Option(0, help="seed of the factual sample and of sampling"),
+    candidates: int = typer.Option(1, help="answers sampled per factual (verification keeps the nearest valid)"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    fewshot: int = typer.Option(0, help="examples per prompt from RUN/sft/fewshot.jsonl (0 = zero-shot)"),
+    batch_size: int = typer.Option(16, help="hf: rows decoded together"),
+    model: Path | None = typer.Option(None, help="hf: a local transformers model folder (default: embedded SmolLM2)"),
+    adapter: Path | None = typer.Option(None, help="hf: a PEFT adapter folder (e.g. RUN/checkpoints/<recipe>)"),
+    device: str | None = typer.Option(None, help="hf: cpu, cuda, cuda:1 (default: cuda if available)"),
+    enforcer: str = typer.Option("xgrammar", help="hf: xgrammar or lmfe (lm-format-enforcer)"),
+    free: bool = typer.Option(False, "--free", help="hf: unconstrained generation + lenient parsing (ablation)"),
+    no_jump_forward: bool = typer.Option(False, "--no-jump-forward", help="hf: sample forced text token by token"),
+    no_group_bounds: bool = typer.Option(
+        False, "--no-group-bounds", help="hf: do not bound group members so the computed one stays in range"
+    ),
+    max_new_tokens: int = typer.Option(256, help="hf --free: answer token budget"),
+    api_model: str = typer.Option("gpt-4o-2024-08-06", help="openai: model (the LoRA name for vllm serve)"),
+    base_url: str | None = typer.Option(None, help="openai: endpoint, e.g. http://localhost:8000/v1 (vllm serve)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key"),
+    constraint: str = typer.Option("json_schema", help="openai: json_schema (GPT-4o), regex (vLLM) or none"),
+    concurrency: int = typer.Option(8, help="openai: requests in flight"),
+    max_retries: int = typer.Option(5, help="openai: SDK retries for 429/5xx/timeouts"),
+    allow_external_api: bool = typer.Option(False, help="openai: allow sending a non-synthetic cohort"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Generate CFs for the shared factuals and write CF records."""
+    hf = dict(
+        model=str(model) if model else None,
+        adapter=str(adapter) if adapter else None,
+        device=device,
+        enforcer=enforcer,
+        free=free,
+        jump_forward=not no_jump_forward,
+        bound_groups=not no_group_bounds,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+    )
+    from sensecf.generate.openai_backend import EndpointError, OpenAIConfig
+
+    api = asdict(
+        OpenAIConfig(
+            model=api_model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            constraint=constraint,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            temperature=temperature,
+        )
+    )
+    try:
+        summary = generate(
+            RunDir(run), method, backend, split=split, n=n, seed=seed, factuals=factuals, candidates=candidates,
+            fewshot=fewshot, batch_size=batch_size, hf_options=hf, openai_options=api,
+            allow_external_api=allow_external_api,
+            progress=not quiet,
+        )  # fmt: skip
+    except (GenerateError, EndpointError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
+    typer.echo(
+        f"{method}: {summary['records']} records ({status}); {summary['written']} new, {summary['already_done']} "
+        f"already done; {summary['immutables_violated']} immutable violations; "
+        f"{summary['seconds_per_cf'] or 0:.2f} s per CF -> {summary['file']}"
+    )
+    if summary["failed"]:
+        typer.secho(f"{len(summary['failed'])} requests failed after retries (not written; re-run to retry):", err=True)
+        for f in summary["failed"][:10]:
+            typer.echo(f"  {f['window_id']} candidate {f['candidate']}: {f['error']}", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
