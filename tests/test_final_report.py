@@ -309,3 +309,12 @@ def test_cli_logs_aggregates_offline_and_never_publishes(full_run, monkeypatch):
     assert len(runs) == 1
     media = {p.name.split("_")[0] for p in runs[0].rglob("*") if p.suffix in (".png", ".json") and "media" in p.parts}
     assert {"table3", "table4", "fig6", "fig8", "fig7", "fig1"} <= media
+
+
+def test_a_non_aireadi_cohort_renders_from_its_spec(generic_run):
+    text, errors = render_report(generic_run)
+    assert errors == {}
+    quality = sections(text)["Data quality"]
+    assert "400 windows from 400 participants" in quality
+    assert "label 1 (disease)" in quality
+    assert "Run `generic` used a **synthetic** cohort (toy-heart)" in text
