@@ -86,6 +86,7 @@ def run_experiment(exp: Experiment, run: str, force: set[str], only: set[str]) -
         if fresh and stage.name not in force:
             console.rule(f"{header}: up to date, skipped")
             times.append({"stage": stage.name, "seconds": 0.0, "skipped": True})
+            _write_times(run_dir, times)
             continue
         console.rule(header)
         console.print(f"$ {cmd}", style="dim")
@@ -102,7 +103,13 @@ def run_experiment(exp: Experiment, run: str, force: set[str], only: set[str]) -
         stamp_file.write_text(stamp)
         console.print(f"{stage.name}: {seconds:.1f} s")
         times.append({"stage": stage.name, "seconds": round(seconds, 1), "skipped": False})
+        _write_times(run_dir, times)
     return times
+
+
+def _write_times(run_dir: Path, times: list[dict], **extra) -> None:
+    """Written after every stage, so a later stage (the report) sees the times so far."""
+    (run_dir / "stages.json").write_text(json.dumps({**extra, "stages": times}, indent=2))
 
 
 def main(
@@ -116,8 +123,7 @@ def main(
     t0 = time.perf_counter()
     times = run_experiment(exp, run, set(force), set(only))
     total = time.perf_counter() - t0
-    Path(run, "stages.json").write_text(json.dumps({"recipe": str(recipe), "total_seconds": round(total, 1),
-                                                   "stages": times}, indent=2))
+    _write_times(Path(run), times, recipe=str(recipe), total_seconds=round(total, 1))
     console.rule(f"{exp.name}: done in {total / 60:.1f} min; artifacts under {run}/")
     report = Path(run, "report.md")
     if report.exists():
