@@ -1,0 +1,219 @@
+"""The OpenAI-compatible backend against a loopback chat.completions server started here."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from test_grammar import FACTUAL, SPEC
+
+from eval.classifier import train_and_evaluate
+from eval.generate import GenerateError, generate
+from sensecf.cfblock import render_block
+from sensecf.generate.grammar import block_regex
+from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator
+from sensecf.generate.result import GenRequest
+from sensecf.records import read_records
+
+CF = {**FACTUAL, "awake_pct": 10.0, "light_pct": 50.0, "deep_pct": 20.0, "rem_pct": 20.0, "steps_mean": 12.5}
+
+
+def json_answer(body: dict) -> str:
+    """A schema-valid answer: immutables/categories from their enums, numbers from CF when they
+    fit the pattern, else the lower bound named in the description."""
+    props = body["response_format"]["json_schema"]["schema"]["properties"]
+    out = {}
+    for name, rule in props.items():
+        if "enum" in rule:
+            out[name] = rule["enum"][0]
+            continue
+        value = SPEC.feature(name).format_value(CF[name]) if name in CF else None
+        if value is None or not re.fullmatch(rule["pattern"][1:-1], value):
+            value = re.search(r"from (\S+) to", rule["description"]).group(1)
+        out[name] = value
+    return json.dumps(out)
+
+
+class FakeEndpoint:
+    """127.0.0.1 chat.completions: canned answers, optional failures, request log."""
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, always: int | None = None, delay: float = 0.0):
+        self.fail_first, self.fail_status, self.always, self.delay = fail_first, fail_status, always, delay
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = self.calls = 0
+        self.lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with endpoint.lock:
+                    endpoint.calls += 1
+                    call = endpoint.calls
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                try:
+                    time.sleep(endpoint.delay)
+                    status = endpoint.always or (endpoint.fail_status if call <= endpoint.fail_first else 200)
+                    if status != 200:
+                        return self._send(status, {"error": {"message": f"status {status}", "type": "x", "code": None}})
+                    endpoint.bodies.append(body)
+                    if "response_format" in body:
+                        content = json_answer(body)
+                    else:  # vLLM regex / free text: the block (REM deliberately off: the backend derives it)
+                        content = "Here you go:\n" + render_block(SPEC, {**CF, "rem_pct": 25.0})
+                    self._send(200, completion(body["model"], content))
+                finally:
+                    with endpoint.lock:
+                        endpoint.in_flight -= 1
+
+            def _send(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("retry-after-ms", "5")  # keep the SDK's backoff short
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion(model: str, content: str) -> dict:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 90, "total_tokens": 390},
+    }
+
+
+@pytest.fixture
+def endpoint_factory():
+    made = []
+
+    def make(**kw) -> FakeEndpoint:
+        made.append(FakeEndpoint(**kw))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def requests(n: int) -> list[GenRequest]:
+    return [GenRequest(FACTUAL, seed=i, messages=[{"role": "user", "content": f"q{i}"}]) for i in range(n)]
+
+
+def generator(endpoint, **kw) -> OpenAIGenerator:
+    return OpenAIGenerator(SPEC, OpenAIConfig(base_url=endpoint.base_url, **kw), api_key="sk-test")
+
+
+def test_gpt4o_strict_json_schema_answers_become_blocks(endpoint_factory):
+    endpoint = endpoint_factory(delay=0.05)
+    seen = []
+    outcome = generator(endpoint, concurrency=3).generate(requests(6), on_result=lambda i, r: seen.append(i))
+    assert sorted(seen) == list(range(6)) and outcome.failures == []
+    for result in outcome.results.values():
+        assert result.status == "ok"
+        assert result.cf == {**CF, "age": 61}  # rem_pct = 100 - 10 - 50 - 20, derived here
+        assert result.text == render_block(SPEC, CF)
+        assert result.prompt_tokens == 300 and result.completion_tokens == 90
+        assert "schema_violations" not in result.extra
+    body = endpoint.bodies[0]
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    schema = fmt["json_schema"]["schema"]
+    assert schema["required"] == list(schema["properties"]) and schema["additionalProperties"] is False
+    assert body["model"] == "gpt-4o-2024-08-06" and body["temperature"] == 0.0
+    assert sorted(b["seed"] for b in endpoint.bodies) == list(range(6))
+    assert 1 < endpoint.max_in_flight <= 3
+
+
+def test_vllm_regex_in_structured_outputs_extension(endpoint_factory):
+    endpoint = endpoint_factory()
+    outcome = generator(endpoint, constraint="regex", model="sensecf-lora").generate(requests(2))
+    assert endpoint.bodies[0]["structured_outputs"] == {"regex": block_regex(SPEC, FACTUAL)}
+    assert "response_format" not in endpoint.bodies[0]
+    result = outcome.results[0]
+    assert result.status == "ok" and result.cf["rem_pct"] == 20.0  # the model's 25.0 broke the sum
+    assert result.extra["group_members_derived"] == ["rem_pct"]
+
+
+def test_transient_503s_are_retried_by_the_sdk(endpoint_factory):
+    endpoint = endpoint_factory(fail_first=2)
+    outcome = generator(endpoint, concurrency=1, max_retries=3).generate(requests(3))
+    assert outcome.failures == [] and sorted(outcome.results) == [0, 1, 2]
+    assert endpoint.calls == 5
+
+
+def test_requests_failing_after_retries_are_reported_not_dropped(endpoint_factory):
+    endpoint = endpoint_factory(always=500)
+    outcome = generator(endpoint, max_retries=1).generate(requests(2))
+    assert outcome.results == {}
+    assert sorted(f.index for f in outcome.failures) == [0, 1]
+    assert "InternalServerError" in outcome.failures[0].error
+    assert endpoint.calls == 4  # each request: first try + one retry
+
+
+def test_auth_failure_is_a_clear_error(endpoint_factory):
+    endpoint = endpoint_factory(always=401)
+    with pytest.raises(EndpointError, match=r"rejected the API key from \$OPENAI_API_KEY \(HTTP 401\)"):
+        generator(endpoint).generate(requests(3))
+    assert endpoint.calls <= 3  # 401 is not retried
+
+
+def test_missing_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SENSECF_TEST_KEY", raising=False)
+    with pytest.raises(EndpointError, match=r"set \$SENSECF_TEST_KEY"):
+        OpenAIGenerator(SPEC, OpenAIConfig(api_key_env="SENSECF_TEST_KEY"))
+
+
+# --- through the CLI's generate() -----------------------------------------------------------
+
+
+def test_a_real_cohort_is_refused_without_allow_external_api(tiny_run, endpoint_factory, monkeypatch):
+    (tiny_run.cohort / "provenance.json").write_text(json.dumps({"source": {"synthetic": False}}))
+    endpoint = endpoint_factory()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(GenerateError, match="--allow-external-api"):
+        generate(tiny_run, "gpt4o", "openai", n=4, openai_options={"base_url": endpoint.base_url})
+    assert endpoint.calls == 0
+
+
+def test_openai_backend_end_to_end_writes_records(tiny_run, endpoint_factory, monkeypatch):
+    train_and_evaluate(tiny_run, seed=0)
+    endpoint = endpoint_factory()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    summary = generate(tiny_run, "gpt4o", "openai", n=6, openai_options={"base_url": endpoint.base_url}, progress=False)
+    records = read_records(tiny_run.cf_file("gpt4o"))
+    assert summary["records"] == len(records) == 6 and summary["failed"] == []
+    for r in records:
+        assert r.parse_status in ("ok", "incoherent") and r.immutables_ok is True
+        assert r.cf_pred in (0, 1) and r.desired_class == 1 - r.factual_pred
+        assert r.extra["constraint"] == "json_schema" and r.prompt_tokens == 300
+    assert (tiny_run.cfs / "generate" / "gpt4o" / "provenance.json").exists()
+    # resumed: nothing re-requested
+    calls = endpoint.calls
+    assert (
+        generate(tiny_run, "gpt4o", "openai", n=6, openai_options={"base_url": endpoint.base_url}, progress=False)[
+            "already_done"
+        ]
+        == 6
+    )
+    assert endpoint.calls == calls
