@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -56,8 +57,14 @@ def load_experiment(path: Path) -> Experiment:
         raise typer.BadParameter(f"{path}: invalid experiment recipe: {e}") from None
 
 
-def _fill(text: str, run: str) -> str:
-    return text.replace("{run}", run).replace("{python}", shlex.quote(sys.executable))
+def _fill(text: str, run: str, env: dict[str, str] | None = None) -> str:
+    """{run}, {python} and ${VAR} (from the environment; an unset one is an error)."""
+    text = text.replace("{run}", run).replace("{python}", shlex.quote(sys.executable))
+    env = os.environ if env is None else env
+    unset = [v for v in re.findall(r"\$\{(\w+)\}", text) if v not in env]
+    if unset:
+        raise typer.BadParameter(f"set the environment variable(s) {unset} used by: {text}")
+    return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], text)
 
 
 def stage_stamp(cmd: str, inputs: list[Path]) -> str:
@@ -77,9 +84,9 @@ def run_experiment(exp: Experiment, run: str, force: set[str], only: set[str]) -
     for i, stage in enumerate(exp.stages, 1):
         if only and stage.name not in only:
             continue
-        cmd = _fill(stage.cmd, run)
-        outputs = [Path(_fill(o, run)) for o in stage.outputs]
-        stamp = stage_stamp(cmd, [Path(_fill(p, run)) for p in stage.inputs])
+        cmd = _fill(stage.cmd, run, env)
+        outputs = [Path(_fill(o, run, env)) for o in stage.outputs]
+        stamp = stage_stamp(cmd, [Path(_fill(p, run, env)) for p in stage.inputs])
         stamp_file = stamps_dir / f"{stage.name}.stamp"
         fresh = all(o.exists() for o in outputs) and stamp_file.exists() and stamp_file.read_text() == stamp
         header = f"[{i}/{len(exp.stages)}] {stage.name}"

@@ -54,3 +54,31 @@ def test_unknown_recipe_key_is_rejected(tmp_path):
     path.write_text(json.dumps({"name": "t", "run": "r", "stages": [], "stagse": []}))
     with pytest.raises(typer.BadParameter, match="stagse"):
         load_experiment(path)
+
+
+def test_environment_variables_fill_commands_and_unset_ones_are_named(tmp_path, monkeypatch):
+    stages = [{"name": "e", "cmd": "{python} -c \"open('${OUT_FILE}','w').write('y')\"", "outputs": ["${OUT_FILE}"]}]
+    exp = _recipe(tmp_path, stages)
+    monkeypatch.delenv("OUT_FILE", raising=False)
+    with pytest.raises(typer.BadParameter, match=r"\['OUT_FILE'\]"):
+        run_experiment(exp, str(tmp_path / "run"), force=set(), only=set())
+    monkeypatch.setenv("OUT_FILE", str(tmp_path / "o.txt"))
+    run_experiment(exp, str(tmp_path / "run"), force=set(), only=set())
+    assert (tmp_path / "o.txt").read_text() == "y"
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_shipped_experiments_name_real_modules_and_earlier_outputs(name):
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    exp = load_experiment(repo / "recipes" / "experiments" / f"{name}.yml")
+    produced: set[str] = set()
+    for stage in exp.stages:
+        for module in re.findall(r"-m (\S+)", stage.cmd):
+            assert importlib.util.find_spec(module) is not None, f"{stage.name}: no module {module}"
+        for path in stage.inputs:
+            assert path in produced or (repo / path).exists(), f"{stage.name}: input {path} comes from no earlier stage"
+        produced.update(stage.outputs)
