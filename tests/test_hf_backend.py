@@ -91,7 +91,7 @@ def test_batching_and_prefix_sharing_do_not_change_greedy_answers(tiny_run, toke
     singles = [alone.generate_batch([r])[0] for r in requests]
     assert [r.text for r in batched] == [r.text for r in singles]
     assert all(b.prefill_tokens < s.prefill_tokens for b, s in zip(batched, singles, strict=True))
-    assert all(s.prefill_tokens == s.prompt_tokens for s in singles)
+    assert all(s.prefill_tokens > s.prompt_tokens for s in singles)  # the whole prompt + the opening text
 
 
 def test_seeded_sampling_does_not_depend_on_batch_composition(tiny_run, tokenizer, model):
@@ -128,3 +128,14 @@ def test_free_mode_never_raises_and_stops_at_the_token_budget(tiny_run, tokenize
     for r in gen.generate_batch(requests):
         assert r.completion_tokens <= 12 and r.decode_steps <= 12
         assert (r.cf is None) == (r.status == "parse_error")
+
+
+def test_candidates_of_one_factual_share_one_prefill(tiny_run, tokenizer, model):
+    (request,), spec = cohort_requests(tiny_run, tokenizer, 1)
+    candidates = [GenRequest(request.factual, seed=s, prompt=request.prompt) for s in (1, 2, 3)]
+    gen = HFGenerator(model, tokenizer, spec, DecodeConfig(temperature=1.0))
+    together = gen.generate_batch(candidates)
+    assert together[0].prefill_tokens > 0 and [r.prefill_tokens for r in together[1:]] == [0, 0]
+    alone = [gen.generate_batch([c])[0] for c in candidates]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert len({r.text for r in together}) > 1  # different seeds, different answers

@@ -258,6 +258,11 @@ class BlockCursor:
     def done(self) -> bool:
         return self._closed
 
+    @property
+    def line_index(self) -> int:
+        """Index of the line being decoded (lines before it are complete)."""
+        return self._i
+
     def take_forced(self) -> str:
         """Advance over everything forced up to the next free value (or the end of the block)
         and return that text; it is already appended to `text`."""

@@ -22,6 +22,7 @@ reused for every row and batch; it is cropped when a batch shares less of it.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class DecodeConfig:
     max_new_tokens: int = 256  # free mode only; constrained blocks are bounded by the grammar
     bound_groups: bool = True  # bound earlier group members so the computed one stays in range
     share_prefix: bool = True
+    lockstep: bool = True  # with jump-forward: rows cross line boundaries together (less padding)
 
 
 class _Row:
@@ -59,6 +61,7 @@ class _Row:
         self.sampled = 0
         self.steps = 0
         self.pos = 0  # tokens of this row in the cache (its next position id)
+        self.prefill = 0  # prompt tokens run for this row (0 when another candidate's were copied)
         self.rng = torch.Generator().manual_seed(int(req.seed)) if self.cfg.temperature > 0 else None
         self.cursor = (
             BlockCursor.start(gen.spec, req.factual, bound_groups=self.cfg.bound_groups) if gen.enforcer else None
@@ -159,6 +162,8 @@ class HFGenerator:
     def __init__(self, model, tokenizer, spec: DatasetSpec, config: DecodeConfig = DecodeConfig()):
         if config.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {config.temperature}")
+        if not spec.mutable:
+            raise ValueError(f"spec '{spec.name}' has no mutable feature: there is nothing to generate")
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
@@ -178,6 +183,7 @@ class HFGenerator:
         self._forced_ids: dict[str, list[int]] = {}
         self._prefix_ids: list[int] = []
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.stats: Counter = Counter()  # cumulative seconds (forward, mask, advance) and counts
 
     # --- text <-> tokens ----------------------------------------------------------------
     def decode(self, ids: Sequence[int]) -> str:
@@ -238,20 +244,24 @@ class HFGenerator:
 
     # --- decoding ------------------------------------------------------------------------
     def _forward(self, chunks: list[list[int]], rows: list[_Row], attn: torch.Tensor, cache) -> tuple:
-        """One forward call over the rows' token chunks (left-padded); returns the logits of
-        each row's last token and the grown attention mask."""
+        """One forward call over the rows' token chunks (left-padded; an empty chunk = a row
+        that waits this step); returns the logits of each row's last position and the grown
+        attention mask."""
         width = max(len(c) for c in chunks)
         ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(chunks), width), dtype=attn.dtype)
         pos = torch.zeros((len(chunks), width), dtype=torch.long)
         for i, (chunk, row) in enumerate(zip(chunks, rows, strict=True)):
             n = len(chunk)
+            if n == 0:
+                continue
             ids[i, width - n :] = torch.tensor(chunk)
             new_mask[i, width - n :] = 1
             pos[i, width - n :] = torch.arange(row.pos, row.pos + n)
             row.pos += n
             row.steps += 1
         attn = torch.cat([attn, new_mask.to(self.device)], dim=1)
+        start = time.perf_counter()
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=attn,
@@ -260,14 +270,31 @@ class HFGenerator:
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1, :].float(), attn
+        logits = out.logits[:, -1, :].float()
+        self.stats["forward_s"] += time.perf_counter() - start
+        self.stats["forward_calls"] += 1
+        self.stats["token_slots"] += ids.numel()
+        self.stats["real_tokens"] += int(new_mask.sum())
+        return logits, attn
+
+    def _movers(self, active: list[_Row]) -> list[bool]:
+        """Which rows feed their tokens this step. With jump-forward, a row that has finished a
+        line waits until every row has: then all rows feed the next line's forced text (about
+        the same length) together, instead of every step being padded to one row's long chunk."""
+        if not (self.config.lockstep and self.config.jump_forward and self.enforcer is not None):
+            return [True] * len(active)
+        front = min(row.cursor.line_index for row in active)
+        return [row.cursor.line_index == front for row in active]
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         if self.enforcer is not None:
+            start = time.perf_counter()
             bitmask = allocate_bitmask(len(rows), self.vocab_size)
             for i, row in enumerate(rows):
                 row.matcher.fill_bitmask(bitmask, i)
             apply_bitmask(logits, bitmask)
+            self.stats["mask_s"] += time.perf_counter() - start
+            self.stats["masks"] += len(rows)
         if self.config.temperature == 0:
             return logits.argmax(dim=-1).tolist()
         # Inverse-CDF sampling with each row's own generator: torch.multinomial costs ~15 ms
@@ -284,36 +311,60 @@ class HFGenerator:
         """One batch: all rows decoded together; results in request order."""
         start = time.perf_counter()
         rows = [_Row(self, r) for r in requests]
+        if not rows:
+            return []
         prompts = [self.tokenizer.encode(r.prompt, add_special_tokens=False) for r in requests]
         for row in rows:
             if row.cursor is not None:
                 row.advance()  # the opening forced text joins the prefill
         prefix_len = self._shared_prefix(prompts)
-        cache = self._cache_for(len(rows), prefix_len)
-        attn = torch.ones((len(rows), prefix_len), dtype=torch.long, device=self.device)
-        prefill = []
         for row, prompt in zip(rows, prompts, strict=True):
-            prefill.append(prompt[prefix_len:] + row.feed)
-            row.pos, row.feed = prefix_len, []
-        active, chunks = rows, prefill
-        while active:
-            logits, attn = self._forward(chunks, active, attn, cache)
-            for row, token in zip(active, self._choose(logits, active), strict=True):
-                row.on_token(token)
+            row.feed = prompt[prefix_len:] + row.feed
+            row.pos = prefix_len
+        cache, attn, logits = self._prefill(rows, prefix_len)
+        active, ran = rows, list(range(len(rows)))
+        while True:
+            tokens = self._choose(logits[ran], [active[i] for i in ran])
+            start_advance = time.perf_counter()
+            for i, token in zip(ran, tokens, strict=True):
+                active[i].on_token(token)  # grammar state, jump-forward text, its tokenisation
+            self.stats["advance_s"] += time.perf_counter() - start_advance
             keep = [i for i, row in enumerate(active) if not row.done]
             if len(keep) < len(active):
                 if keep:
                     cache.batch_select_indices(torch.tensor(keep, device=self.device))
                 attn = attn[keep]
                 active = [active[i] for i in keep]
-            chunks = [row.feed for row in active]
-            for row in active:
-                row.feed = []
-            for chunk in chunks:
-                if not chunk:
-                    raise RuntimeError("a row has nothing to feed; decoding state is inconsistent")
+            if not active:
+                break
+            chunks = [row.feed if move else [] for row, move in zip(active, self._movers(active), strict=True)]
+            for row, chunk in zip(active, chunks, strict=True):
+                if chunk:
+                    row.feed = []
+            if not any(chunks):
+                raise RuntimeError("no row has tokens to feed; decoding state is inconsistent")
+            logits, attn = self._forward(chunks, active, attn, cache)
+            ran = [i for i, chunk in enumerate(chunks) if chunk]
         seconds = (time.perf_counter() - start) / len(rows)
-        return [row.result(len(p), len(p) - prefix_len, seconds) for row, p in zip(rows, prompts, strict=True)]
+        return [row.result(len(p), row.prefill, seconds) for row, p in zip(rows, prompts, strict=True)]
+
+    def _prefill(self, rows: list[_Row], prefix_len: int):
+        """Run the rows' prompt suffixes (plus the opening forced text). Rows with the same
+        suffix - the candidates of one factual - are run once and their cache copied."""
+        groups: dict[tuple, int] = {}
+        inverse = [groups.setdefault(tuple(row.feed), len(groups)) for row in rows]
+        leaders = [rows[inverse.index(g)] for g in range(len(groups))]
+        cache = self._cache_for(len(leaders), prefix_len)
+        attn = torch.ones((len(leaders), prefix_len), dtype=torch.long, device=self.device)
+        logits, attn = self._forward([row.feed for row in leaders], leaders, attn, cache)
+        for row, g in zip(rows, inverse, strict=True):
+            row.prefill = len(row.feed) if row is leaders[g] else 0
+            row.pos, row.steps, row.feed = leaders[g].pos, leaders[g].steps, []
+        if len(leaders) < len(rows):
+            index = torch.tensor(inverse, device=self.device)
+            cache.batch_select_indices(index)
+            attn, logits = attn[index], logits[index.to(logits.device)]
+        return cache, attn, logits
 
 
 def load_model(model: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None):

@@ -23,7 +23,7 @@ class GenResult:
     prompt_tokens: int | None
     completion_tokens: int | None  # answer tokens, forced and sampled
     decode_steps: int | None = None  # forward calls this answer took part in, prefill included
-    prefill_tokens: int | None = None  # prompt tokens run through the model (a shared prefix excluded)
+    prefill_tokens: int | None = None  # tokens run in the prefill (shared prefix excluded; 0 = copied)
     sampled_tokens: int | None = None  # answer tokens chosen by the model
     seconds: float = 0.0  # wall time of this answer (batched: batch wall time / rows)
     extra: dict[str, Any] = field(default_factory=dict)
