@@ -85,6 +85,18 @@ def test_json_answers_and_the_last_block_wins():
     assert parse_block(SPEC, two, FACTUAL).cf["steps_mean"] == 2.0
 
 
+def test_categories_in_prose_match_whole_words_only():
+    def medication(value):
+        return parse_block(SPEC, f"<new>\nAvg steps: 2.00\nMedication: {value}\n</new>", FACTUAL).cf["medication"]
+
+    assert medication("Insulin (unchanged)") == "insulin"
+    assert medication("none, as before") == "none"
+    assert medication("oral or noninsulin injectable") == "oral_or_noninsulin_injectable"
+    assert medication("insulin_dependent") == "insulin_dependent"  # not a medication category: kept as is
+    long = "oral_or_noninsulin_injectable_medication_controlled"
+    assert medication(long) == long
+
+
 def test_unknown_categories_are_kept_for_plausibility_not_dropped():
     r = parse_block(SPEC, "<new>\nAvg steps: 2.00\nSex: woman\n</new>", FACTUAL)
     assert r.status == "ok" and r.cf["sex"] == "woman"

@@ -299,10 +299,14 @@ class BlockCursor:
             raise RuntimeError("no free value is pending; call take_forced() first")
         if line.kind == "choice":
             return choice_regex(line.feature.categories) + "\\n"
-        lo, hi = line.lo, line.hi
+        return range_regex(*self.free_bounds(), line.feature.decimals) + "\\n"
+
+    def free_bounds(self) -> tuple[int, int]:
+        """Scaled bounds of the pending numeric value (its range, narrowed for group members)."""
+        line = self.free_line()
         if self.bound_groups and self.spec.group_of(line.feature.name) is not None:
-            lo, hi = member_bounds(self.spec, line.feature.name, self._numbers())
-        return range_regex(lo, hi, line.feature.decimals) + "\\n"
+            return member_bounds(self.spec, line.feature.name, self._numbers())
+        return line.lo, line.hi
 
     def accept(self, decoded: str) -> None:
         """Take the decoded value text (with its newline) for the pending free line."""

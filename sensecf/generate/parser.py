@@ -82,9 +82,12 @@ def _category(f: FeatureSpec, text: str) -> str:
         return by_norm[norm]
     if _ARROW.search(text):
         return _category(f, _ARROW.split(text)[-1])
-    spaced = text.lower().replace("_", " ")
-    for c in sorted(f.categories, key=len, reverse=True):  # longest first: "female" before "male"
-        if re.search(rf"\b{re.escape(c.lower().replace('_', ' '))}\b", spaced):
+    lowered = text.lower()
+    # A category as a whole word in prose ("Female (unchanged)", "insulin dependent"); underscores
+    # count as word characters, so "insulin_dependent" never yields the category "insulin".
+    forms = [(form, c) for c in f.categories for form in {c.lower(), c.lower().replace("_", " ")}]
+    for form, c in sorted(forms, key=lambda fc: len(fc[0]), reverse=True):
+        if re.search(rf"(?<![\w-]){re.escape(form)}(?![\w-])", lowered):
             return c
     return norm  # an unseen category: kept, so plausibility can count it
 
