@@ -1,0 +1,113 @@
+"""eval.generate: which factuals, candidates, records, provenance and clear errors (tiny random Llama)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_hf_backend import tiny_llama
+
+from eval.baselines import sample_factuals
+from eval.classifier import train_and_evaluate
+from eval.generate import GenerateError, generate, row_seed
+from sensecf.blackbox import BlackBox
+from sensecf.models import load_tokenizer
+from sensecf.records import read_records
+from sensecf.rundir import ID_COL, SPLIT_COL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tokenizer = load_tokenizer("smollm2")
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def run(tiny_run):
+    train_and_evaluate(tiny_run, seed=0)
+    return tiny_run
+
+
+def options(model_dir, **kw):
+    return {"model": str(model_dir), "device": "cpu", **kw}
+
+
+def test_records_for_a_fresh_sample_drawn_like_the_baselines(run, model_dir):
+    summary = generate(run, "tiny", n=6, seed=3, hf_options=options(model_dir), progress=False)
+    df, spec = run.load_cohort()
+    pool = df[df[SPLIT_COL] == "test"].reset_index(drop=True)
+    expected, _ = sample_factuals(pool, BlackBox.load(run.model, spec).predict(pool), 6, 3)
+    written = json.loads((run.cfs / "factuals_test.json").read_text())
+    assert written["window_ids"] == expected
+    records = read_records(run.cf_file("tiny"))
+    assert [r.window_id for r in records] == expected
+    assert summary["status"] == {"ok": 6} and summary["immutables_violated"] == 0
+    for r in records:
+        assert r.desired_class == 1 - r.factual_pred and r.cf_pred in (0, 1)
+        assert r.immutables_ok is True and r.candidate == 0
+        assert r.decode_steps > 0 and r.completion_tokens > r.extra["sampled_tokens"] > 0
+        assert r.extra["enforcer"] == "xgrammar" and r.extra["jump_forward"] is True
+    prov = json.loads((run.cfs / "generate" / "tiny" / "provenance.json").read_text())
+    assert prov["seed"] == 3 and prov["config"]["method"] == "tiny"
+    assert str(run.cfs / "factuals_test.json") in prov["inputs"]
+
+
+def test_the_shared_factual_file_wins_over_n(run, model_dir):
+    df, _ = run.load_cohort()
+    ids = df[df[SPLIT_COL] == "test"][ID_COL].astype(str).tolist()[:3]
+    run.cfs.mkdir(parents=True, exist_ok=True)
+    (run.cfs / "factuals_test.json").write_text(json.dumps({"window_ids": ids}))
+    generate(run, "tiny", n=50, hf_options=options(model_dir), progress=False)
+    assert [r.window_id for r in read_records(run.cf_file("tiny"))] == ids
+
+
+def test_candidates_are_seeded_per_factual_and_candidate(run, model_dir):
+    generate(run, "tiny_k", n=2, candidates=3, hf_options=options(model_dir, temperature=1.0), progress=False)
+    records = read_records(run.cf_file("tiny_k"))
+    assert sorted((r.window_id, r.candidate) for r in records) == sorted(
+        (w, c) for w in {r.window_id for r in records} for c in range(3)
+    )
+    assert len({r.raw_text for r in records}) > 2
+    assert row_seed(0, "a", 1) == row_seed(0, "a", 1) != row_seed(0, "a", 2)
+
+
+def test_training_split_records_go_to_their_own_folder(run, model_dir):
+    generate(run, "tiny", split="train", n=2, hf_options=options(model_dir), progress=False)
+    assert len(read_records(run.cfs / "train" / "tiny.jsonl")) == 2
+    assert not run.cf_file("tiny").exists()
+
+
+def test_bad_inputs_are_clear_errors(run, model_dir, tmp_path):
+    with pytest.raises(GenerateError, match="needs --temperature > 0"):
+        generate(run, "x", candidates=2, hf_options=options(model_dir))
+    bad = tmp_path / "ids.json"
+    bad.write_text(json.dumps(["nope-1", "nope-2"]))
+    with pytest.raises(GenerateError, match="2 ids are not 'test' windows"):
+        generate(run, "x", factuals=bad, hf_options=options(model_dir))
+    with pytest.raises(GenerateError, match="no few-shot pool"):
+        generate(run, "x", fewshot=2, hf_options=options(model_dir))
+
+
+def test_cli_help_and_exit_code_on_bad_input(run):
+    env = {**os.environ, "COLUMNS": "250"}  # rich wraps option names in a narrow terminal
+    help_text = subprocess.run(
+        [sys.executable, "-m", "eval.generate", "--help"], cwd=REPO, capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert "--no-jump-forward" in help_text and "--allow-external-api" in help_text
+    out = subprocess.run(
+        [sys.executable, "-m", "eval.generate", "--run", str(run.root), "--method", "x", "--candidates", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 2 and "needs --temperature > 0" in out.stderr
