@@ -107,13 +107,13 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
         "jump_forward": config.jump_forward if config.constrained else None,
         "seconds_per_cf": wall / n,
         "cpu_seconds_per_cf": cpu / n,
-        "forward_calls_per_cf": stats.get("forward_calls", 0) * batch_size / n,
+        "forward_calls_per_batch": stats.get("forward_calls", 0) / math.ceil(n / batch_size),
         "decode_steps_per_cf": _mean([r.decode_steps for r in results]),
         "prefill_tokens_per_cf": _mean([r.prefill_tokens for r in results]),
         "prompt_tokens_per_cf": _mean([r.prompt_tokens for r in results]),
         "completion_tokens_per_cf": _mean([r.completion_tokens for r in results]),
         "sampled_tokens_per_cf": _mean([r.sampled_tokens for r in results]),
-        "time_split_seconds": {k: stats.get(k, 0.0) for k in ("forward_s", "mask_s", "advance_s")},
+        "time_split_seconds": {k: stats.get(k, 0.0) for k in ("forward_s", "prefill_s", "mask_s", "advance_s")},
         "seconds_per_forward_call": stats["forward_s"] / stats["forward_calls"] if stats.get("forward_calls") else None,
         "padding_share": 1 - stats["real_tokens"] / stats["token_slots"] if stats.get("token_slots") else None,
         "grammar_share_of_time": (stats.get("mask_s", 0) + stats.get("advance_s", 0)) / wall,
@@ -230,9 +230,10 @@ def main(
             name, config, size, jobs[:n_batch1] if small else jobs, model, tokenizer, spec, blackbox, scratch
         )
         results[name]["quality"] = quality(scratch, name, spec, train, blackbox)
+        r = results[name]
         typer.echo(
-            f"{name}: {results[name]['seconds_per_cf']:.2f} s/CF, {results[name]['forward_calls_per_cf']:.1f} forward "
-            f"calls/CF, parse {results[name]['parse_rate']:.2f}",
+            f"{name}: {r['seconds_per_cf']:.2f} s/CF, {r['forward_calls_per_batch']:.1f} forward calls per batch, "
+            f"parse {r['parse_rate']:.2f}",
             err=True,
         )
     same = {}

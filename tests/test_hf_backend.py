@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from eval.baselines import native_values
 from prompts.render import apply_chat_template, build_messages
 from sensecf.generate.grammar import block_regex, scaled
-from sensecf.generate.hf_backend import DecodeConfig, HFGenerator
+from sensecf.generate.hf_backend import GQA_ATTENTION, DecodeConfig, HFGenerator, use_grouped_attention
 from sensecf.generate.result import GenRequest
 from sensecf.models import load_tokenizer
 from sensecf.rundir import SPLIT_COL
@@ -139,3 +139,21 @@ def test_candidates_of_one_factual_share_one_prefill(tiny_run, tokenizer, model)
     alone = [gen.generate_batch([c])[0] for c in candidates]
     assert [r.text for r in together] == [r.text for r in alone]
     assert len({r.text for r in together}) > 1  # different seeds, different answers
+
+
+def test_grouped_attention_computes_the_same_as_transformers_sdpa(tiny_run, tokenizer):
+    reference, grouped = tiny_llama(tokenizer), tiny_llama(tokenizer)
+    assert use_grouped_attention(grouped) and grouped.config._attn_implementation == GQA_ATTENTION
+    ids = torch.randint(100, 40000, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    mask[1, 5] = 0  # a pad in the middle, as ragged chunks leave in the cache
+    with torch.inference_mode():
+        a = reference(input_ids=ids, attention_mask=mask).logits
+        b = grouped(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(a[real], b[real], atol=1e-5)
+    requests, spec = cohort_requests(tiny_run, tokenizer, 4)
+    plain = HFGenerator(reference, tokenizer, spec, DecodeConfig(grouped_attention=False)).generate_batch(requests)
+    fast = HFGenerator(grouped, tokenizer, spec).generate_batch(requests)
+    assert [r.text for r in plain] == [r.text for r in fast]
