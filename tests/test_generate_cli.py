@@ -111,3 +111,20 @@ def test_cli_help_and_exit_code_on_bad_input(run):
         env=env,
     )
     assert out.returncode == 2 and "needs --temperature > 0" in out.stderr
+
+
+def test_a_peft_adapter_is_applied_and_recorded(run, model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    generate(run, "tiny_lora", n=2, hf_options=options(model_dir, adapter=str(adapter)), progress=False)
+    generate(run, "tiny_base", n=2, hf_options=options(model_dir), progress=False)
+    with_adapter, without = read_records(run.cf_file("tiny_lora")), read_records(run.cf_file("tiny_base"))
+    assert all(r.parse_status == "ok" and r.extra["adapter"] == str(adapter) for r in with_adapter)
+    assert [r.raw_text for r in with_adapter] != [r.raw_text for r in without]  # random LoRA weights change answers
+    prov = json.loads((run.cfs / "generate" / "tiny_lora" / "provenance.json").read_text())
+    assert str(adapter / "adapter_model.safetensors") in prov["inputs"]

@@ -157,3 +157,18 @@ def test_grouped_attention_computes_the_same_as_transformers_sdpa(tiny_run, toke
     plain = HFGenerator(reference, tokenizer, spec, DecodeConfig(grouped_attention=False)).generate_batch(requests)
     fast = HFGenerator(grouped, tokenizer, spec).generate_batch(requests)
     assert [r.text for r in plain] == [r.text for r in fast]
+
+
+def test_without_group_bounds_out_of_range_completions_are_marked_incoherent(tiny_run, tokenizer, model):
+    requests, spec = cohort_requests(tiny_run, tokenizer, 20)
+    config = DecodeConfig(temperature=1.0, bound_groups=False)
+    results = HFGenerator(model, tokenizer, spec, config).generate_batch(requests)
+    group = spec.groups[0]
+    statuses = [r.status for r in results]
+    assert set(statuses) == {"ok", "incoherent"}  # a random model often overshoots 100 %
+    for r in results:
+        total = sum(scaled(r.cf[m], 1) for m in group.members)
+        assert (total == scaled(group.total, 1)) == (r.status == "ok")
+        assert (r.extra.get("incoherent_groups") == [group.name]) == (r.status == "incoherent")
+        last = spec.feature(group.members[-1])
+        assert last.min <= r.cf[last.name] <= last.max  # clamped into range
