@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,17 +139,24 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
 
 
+def _train_runtime(debug_log: Path) -> float | None:
+    """The trainer's final `train_runtime` (seconds of the training loop), from Axolotl's debug.log."""
+    if not debug_log.is_file():
+        return None
+    found = re.findall(r"'train_runtime': '([0-9.]+)'", debug_log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
+
+
 def training_summary(out_dir: Path, wall_seconds: float | None = None) -> dict:
     """Loss at the first and last logged step, eval losses, tokens and throughput, adapter size,
-    read from the last checkpoint's trainer_state.json (Axolotl writes no final state file)."""
+    read from the last checkpoint's trainer_state.json (Axolotl writes no final state file);
+    tokens/s = tokens processed (padding included) / the training loop's runtime."""
     checkpoint = _last_checkpoint(out_dir)
     if checkpoint is None:
         return {"error": f"no checkpoint-*/trainer_state.json under {out_dir}"}
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     history = state.get("log_history", [])
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    # Axolotl logs trainable (unmasked) tokens per second per device between logging steps.
-    trainable_tps = [h["tokens/train_per_sec_per_gpu"] for h in history if "tokens/train_per_sec_per_gpu" in h]
     summary = {
         "checkpoint": checkpoint.name,
         "global_step": state.get("global_step"),
@@ -159,13 +167,14 @@ def training_summary(out_dir: Path, wall_seconds: float | None = None) -> dict:
         "wall_seconds": wall_seconds,
     }
     tokens_file = checkpoint / "tokens_state.json"
+    runtime = _train_runtime(out_dir / "debug.log")
     if tokens_file.is_file():
         tokens = json.loads(tokens_file.read_text())  # {"total": incl. padding, "trainable": unmasked}
         summary["tokens"] = tokens
-        if trainable_tps and tokens.get("trainable"):
-            mean_tps = sum(trainable_tps) / len(trainable_tps)
-            summary["trainable_tokens_per_second"] = round(mean_tps, 2)
-            summary["tokens_per_second_incl_padding"] = round(mean_tps * tokens["total"] / tokens["trainable"], 1)
+        if runtime:
+            summary["train_runtime_seconds"] = runtime
+            summary["tokens_per_second"] = round(tokens["total"] / runtime, 1)
+            summary["trainable_tokens_per_second"] = round(tokens["trainable"] / runtime, 1)
     adapter = out_dir / "adapter_model.safetensors"
     if adapter.is_file():
         summary["adapter_bytes"] = adapter.stat().st_size

@@ -63,7 +63,7 @@ def test_messages_are_system_then_user():
 
 def test_fig4_sections_and_fixed_features():
     text = user_text()
-    assert text.startswith("Task: Generate a counterfactual explanation by minimally modifying an instance")
+    assert text.startswith("Task: Generate a counterfactual explanation for the label a black-box model predicts")
     assert "(label 0 = moderate stress, label 1 = high stress)" in text
     assert "Definition: A counterfactual explanation reveals what should have been different" in text
     assert "Fixed Features: Do not modify Age, Sex, Medication, Patient subgroup." in text
