@@ -332,12 +332,22 @@ def main(
     )
     try:
         summary = generate(
-            RunDir(run), method, backend, split=split, n=n, seed=seed, factuals=factuals, candidates=candidates,
-            fewshot=fewshot, batch_size=batch_size, hf_options=hf, openai_options=api,
+            RunDir(run),
+            method,
+            backend,
+            split=split,
+            n=n,
+            seed=seed,
+            factuals=factuals,
+            candidates=candidates,
+            fewshot=fewshot,
+            batch_size=batch_size,
+            hf_options=hf,
+            openai_options=api,
             allow_external_api=allow_external_api,
             progress=not quiet,
-        )  # fmt: skip
-    except (GenerateError, EndpointError, FileNotFoundError) as e:
+        )
+    except (ValueError, EndpointError, FileNotFoundError) as e:  # bad input: a message, not a traceback
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
     status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
