@@ -38,6 +38,11 @@ def json_answer(body: dict) -> str:
     return json.dumps(out)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up (cancelled after a fatal error) resets its connection
+
+
 class FakeEndpoint:
     """127.0.0.1 chat.completions: canned answers, optional failures, request log."""
 
@@ -83,7 +88,7 @@ class FakeEndpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
