@@ -10,7 +10,8 @@
 
 Factuals: --factuals FILE, else RUN/cfs/factuals_<split>.json (eval.baselines' sample, so LLMs
 and baselines explain the same windows), else a fresh sample drawn the same way (n split
-between the two predicted classes, seeded) and written there. Desired class = 1 - predicted.
+between the two predicted classes, seeded) and written there. A file with more than --n ids
+gives its first n//2 per predicted class (file order). Desired class = 1 - predicted.
 Records of the test split go to RUN/cfs/<method>.jsonl, of another split to
 RUN/cfs/<split>/<method>.jsonl; re-running skips records already written, so a killed run
 resumes with nothing lost or duplicated. --candidates K samples K answers per factual
@@ -71,7 +72,25 @@ def choose_factuals(
     order = {i: k for k, i in enumerate(dict.fromkeys(ids))}
     chosen = pool.assign(factual_pred=predicted)[pool[ID_COL].astype(str).isin(order)]
     chosen = chosen.sort_values(ID_COL, key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
+    if len(chosen) > n:
+        chosen = balanced_head(chosen, n)
+        source += f" (the first {n}, half per predicted class)"
     return chosen, spec, blackbox, factuals or shared, source
+
+
+def balanced_head(chosen: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first n//2 factuals predicted 0 and n - n//2 predicted 1 (file order; a class short of
+    its quota gives all it has and the other fills up), so --n takes a subset of a larger shared
+    sample with the same class balance as a fresh one."""
+    quota = {0: n // 2, 1: n - n // 2}
+    counts = chosen["factual_pred"].value_counts().to_dict()
+    for cls in (0, 1):
+        spare = quota[cls] - counts.get(cls, 0)
+        if spare > 0:
+            quota[cls] -= spare
+            quota[1 - cls] += spare
+    keep = chosen.groupby("factual_pred", group_keys=False).cumcount() < chosen["factual_pred"].map(quota)
+    return chosen[keep].reset_index(drop=True)
 
 
 def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[tuple[dict, dict]]]:
@@ -278,7 +297,7 @@ def main(
     run: Path = typer.Option(..., help="run directory with cohort/ and classifier/"),
     method: str = typer.Option(..., help="name of this method's records: RUN/cfs/<method>.jsonl"),
     backend: str = typer.Option("hf", help="hf (local transformers model) or openai (any OpenAI-compatible endpoint)"),
-    n: int = typer.Option(200, help="factuals to sample when no factual file exists (half per predicted class)"),
+    n: int = typer.Option(200, help="factuals (half per predicted class): sampled, or the first of a factual file"),
     split: str = typer.Option("test", help="split of the factuals (train: CFs for augmentation)"),
     factuals: Path | None = typer.Option(None, help="JSON list of window ids (or factuals_<split>.json) to explain"),
     seed: int = typer.Option(0, help="seed of the factual sample and of sampling"),

@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_hf_backend import tiny_llama
 
 from eval.baselines import sample_factuals
 from eval.classifier import train_and_evaluate
-from eval.generate import GenerateError, generate, row_seed
+from eval.generate import GenerateError, balanced_head, generate, row_seed
 from sensecf.blackbox import BlackBox
 from sensecf.models import load_tokenizer
 from sensecf.records import read_records
@@ -61,13 +62,30 @@ def test_records_for_a_fresh_sample_drawn_like_the_baselines(run, model_dir):
     assert str(run.cfs / "factuals_test.json") in prov["inputs"]
 
 
-def test_the_shared_factual_file_wins_over_n(run, model_dir):
-    df, _ = run.load_cohort()
-    ids = df[df[SPLIT_COL] == "test"][ID_COL].astype(str).tolist()[:3]
+def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, model_dir):
+    df, spec = run.load_cohort()
+    test = df[df[SPLIT_COL] == "test"]
+    predicted = dict(zip(test[ID_COL].astype(str), BlackBox.load(run.model, spec).predict(test), strict=True))
+    ids = test[ID_COL].astype(str).tolist()[:12]
     run.cfs.mkdir(parents=True, exist_ok=True)
     (run.cfs / "factuals_test.json").write_text(json.dumps({"window_ids": ids}))
-    generate(run, "tiny", n=50, hf_options=options(model_dir), progress=False)
-    assert [r.window_id for r in read_records(run.cf_file("tiny"))] == ids
+    generate(run, "all", n=50, hf_options=options(model_dir), progress=False)
+    assert [r.window_id for r in read_records(run.cf_file("all"))] == ids  # fewer than n: all of them
+    generate(run, "head", n=4, hf_options=options(model_dir), progress=False)
+    head = [r.window_id for r in read_records(run.cf_file("head"))]
+    assert len(head) == 4 and head == [i for i in ids if i in head]  # a subset, in file order
+    zeros = sum(predicted[i] == 0 for i in ids)
+    ones = len(ids) - zeros
+    expected_zeros = min(2, zeros) if ones >= 2 else 4 - ones
+    assert sum(predicted[i] == 0 for i in head) == expected_zeros
+
+
+def test_balanced_head_by_hand():
+    frame = pd.DataFrame({ID_COL: list("abcdefg"), "factual_pred": [0, 0, 1, 0, 1, 1, 0]})
+    assert balanced_head(frame, 4)[ID_COL].tolist() == ["a", "b", "c", "e"]
+    assert balanced_head(frame, 3)[ID_COL].tolist() == ["a", "c", "e"]  # n - n//2 = 2 predicted 1
+    short = pd.DataFrame({ID_COL: list("abcde"), "factual_pred": [0, 0, 0, 0, 1]})
+    assert balanced_head(short, 4)[ID_COL].tolist() == ["a", "b", "c", "e"]  # class 1 has one: class 0 fills up
 
 
 def test_candidates_are_seeded_per_factual_and_candidate(run, model_dir):
