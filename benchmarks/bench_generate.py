@@ -1,7 +1,7 @@
 """Speed and quality of constrained generation with SmolLM2, side by side -> JSON.
 
     python -m benchmarks.bench_generate --run runs/demo [--n 32] [--n-batch1 8] [--batch-size 16]
-        [--configs xgrammar_jf_b16,...] [--out runs/bench/generate.json]
+        [--configs xgrammar_jf_b16,...] [--threads N] [--out runs/bench/generate.json]
 
 One run, the same factuals for every configuration (RUN/cfs/factuals_test.json when eval.baselines
 wrote it): SmolLM2-135M-Instruct, zero-shot Fig. 4 prompt, greedy, on this machine's CPU. Per
@@ -200,9 +200,12 @@ def main(
     batch_size: int = typer.Option(16, help="batch size of the *_b16 configurations"),
     configs: str = typer.Option(",".join(CONFIGS), help="comma-separated configurations to run"),
     mask_factuals: int = typer.Option(20, help="blocks per tokenizer for the mask-time measurement"),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default); 1 avoids stalls on a busy CPU"),
     scratch_dir: Path | None = typer.Option(None, help="scratch run directory (default RUN/bench/generate)"),
     out: Path = typer.Option(Path("runs/bench/generate.json"), help="JSON output"),
 ) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
     names = [c.strip() for c in configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
