@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import typer
 
+from benchmarks.bench_baselines import scratch_copy as baselines_scratch_copy
 from eval.baselines import native_values
 from eval.generate import choose_factuals, make_records, row_seed
 from eval.metrics import cf_metrics, coherent, feature_frame
@@ -69,12 +70,8 @@ def _mean(values):
 
 
 def scratch_copy(run: RunDir, scratch: RunDir) -> None:
-    if not run.features.exists() or not run.model.exists():
-        raise FileNotFoundError(f"{run.root}: needs cohort/ and classifier/model.skops (`make demo` builds both)")
-    if scratch.root.exists():
-        shutil.rmtree(scratch.root)
-    shutil.copytree(run.cohort, scratch.cohort)
-    shutil.copytree(run.classifier, scratch.classifier)
+    """The baselines benchmark's scratch copy, plus the baselines' factual sample when present."""
+    baselines_scratch_copy(run, scratch)
     shared = run.cfs / "factuals_test.json"
     if shared.exists():  # the baselines' sample: the same factuals
         scratch.cfs.mkdir(parents=True)

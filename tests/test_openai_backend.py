@@ -55,7 +55,7 @@ class FakeEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
-                pass
+                return None  # silence the stdlib server's per-request log lines
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
