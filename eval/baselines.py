@@ -56,6 +56,9 @@ class BaselineConfig:
     # Hard wall-clock limit per factual for the library call (cfnow's own limit only bounds
     # its fine-tuning phase, not its first search).
     timeout_seconds: float = 60.0
+    # CFs per factual from the teacher (its nearest valid neighbours; augmentation needs more
+    # CFs than one per factual in the dual-scarcity scenario). The libraries write one.
+    teacher_per_factual: int = 1
 
 
 # --- method names ---------------------------------------------------------------------------
@@ -281,8 +284,10 @@ def run_teacher(
     blackbox: BlackBox,
     writer: RecordWriter,
     progress: bool,
+    per_factual: int = 1,
 ) -> Counter:
-    """The teacher (sensecf.teacher) in one batched call; its per-row seconds go in the records."""
+    """The teacher (sensecf.teacher) in one batched call; its per-row seconds go in the records.
+    With per_factual > 1, a factual's further distinct CFs are candidates 1, 2, ..."""
     from sensecf.teacher import teacher_cfs
 
     counts: Counter = Counter()
@@ -291,21 +296,24 @@ def run_teacher(
     factuals = pd.DataFrame([base["factual"] for base in todo])
     start = time.perf_counter()
     try:
-        result = teacher_cfs(factuals, train, spec, blackbox)
+        result = teacher_cfs(factuals, train, spec, blackbox, per_factual=per_factual)
     except Exception as e:
         seconds = (time.perf_counter() - start) / len(todo)
         for base in todo:
             writer.write(failure_record(base, "error", f"{type(e).__name__}: {e}", seconds))
         counts["error"] += len(todo)
         return counts
-    rows = zip(todo, result.cfs, result.detail, result.seconds, strict=True)
-    for base, cf, why, seconds in tqdm(rows, total=len(todo), desc="teacher", disable=not progress):
+    rows = zip(todo, result.cfs, result.more, result.detail, result.seconds, strict=True)
+    for base, cf, more, why, seconds in tqdm(rows, total=len(todo), desc="teacher", disable=not progress):
         if cf is None:
-            record = failure_record(base, "no_cf", f"teacher: {why}", float(seconds))
+            records = [failure_record(base, "no_cf", f"teacher: {why}", float(seconds))]
         else:
-            record = cf_record(spec, blackbox, base, [cf], float(seconds))
-        writer.write(record)
-        counts[record.parse_status] += 1
+            found = [cf, *more]  # the factual's share of the batch time, split over its CFs
+            records = [cf_record(spec, blackbox, {**base, "candidate": j}, [c], float(seconds) / len(found))
+                       for j, c in enumerate(found)]
+        for record in records:
+            writer.write(record)
+            counts[record.parse_status] += 1
     return counts
 
 
@@ -383,7 +391,7 @@ def run_baselines(
             skipped = len(chosen) - len(todo)
             try:
                 if method == "teacher":
-                    counts = run_teacher(todo, train, spec, blackbox, writer, progress)
+                    counts = run_teacher(todo, train, spec, blackbox, writer, progress, cfg.teacher_per_factual)
                 else:
                     explainer = make_explainer(method, spec, train, blackbox, cfg)
                     counts = run_search_method(
@@ -434,6 +442,9 @@ def main(
     dice_method: list[str] = typer.Option(["random"], help="DiCE search for 'dice' (repeatable): random, genetic"),
     nice_optimization: str = typer.Option("sparsity", help="NICE optimization: sparsity, proximity, none"),
     timeout_seconds: float = typer.Option(60.0, help="hard limit per CF; past it the record is a 'timeout'"),
+    teacher_per_factual: int = typer.Option(
+        1, min=1, help="teacher: CFs per factual, from its nearest valid neighbours (augmentation); others write one"
+    ),
     quiet: bool = typer.Option(False, help="no progress bars"),
     wandb: bool = typer.Option(True, help="log status counts and seconds per CF to W&B (offline by default)"),
 ) -> None:
@@ -443,7 +454,7 @@ def main(
         ids = read_factual_ids(factual_ids) if factual_ids else None
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    cfg = BaselineConfig(seed, cfnow_seconds, cfnow_strategy, nice_optimization, timeout_seconds)
+    cfg = BaselineConfig(seed, cfnow_seconds, cfnow_strategy, nice_optimization, timeout_seconds, teacher_per_factual)
     summary = run_baselines(RunDir(run), names, split=split, n=n, factual_ids=ids, cfg=cfg, progress=not quiet)
     for cls, c in summary["sample"].items():
         if isinstance(c, dict) and c["taken"] < c["wanted"]:

@@ -13,6 +13,9 @@ Every step is one batched `predict` over all factuals still sparsifying.
 
 Rounding: mutable numbers go to display precision; a group's rounding residue goes to its
 largest member so the group sums to its total exactly. Immutables are copied unchanged.
+
+Several CFs per factual (`per_factual` > 1, for augmentation): the first `per_factual` valid
+neighbours, each sparsified and rounded the same way; CFs that end up identical count once.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class TeacherResult:
     neighbour: list[int | None]  # position in `train` of the window the CF came from
     seconds: list[float]  # the batch's wall time shared equally over its rows
     counts: dict[str, int] = field(default_factory=dict)  # ok / no_valid_neighbour / invalid_after_rounding
+    more: list[list[dict]] = field(default_factory=list)  # per_factual > 1: further distinct CFs, nearest first
 
     def __len__(self) -> int:
         return len(self.cfs)
@@ -174,9 +178,17 @@ def _as_python(value, kind: str):
 
 
 def teacher_cfs(
-    factuals: pd.DataFrame, train: pd.DataFrame, spec: DatasetSpec, blackbox, *, k: int = DEFAULT_K
+    factuals: pd.DataFrame,
+    train: pd.DataFrame,
+    spec: DatasetSpec,
+    blackbox,
+    *,
+    k: int = DEFAULT_K,
+    per_factual: int = 1,
 ) -> TeacherResult:
     """Teacher CFs for every factual row (see the module doc); rows without one get None."""
+    if per_factual < 1 or per_factual > k:
+        raise ValueError(f"per_factual must be between 1 and k={k}, got {per_factual}")
     start = time.perf_counter()
     space = _MutableSpace(spec)
     fact = _features(factuals, spec, "factuals")
@@ -197,34 +209,47 @@ def teacher_cfs(
             nn = NearestNeighbors(n_neighbors=kk).fit(enc_pool[members])
             neighbours[rows, :kk] = members[nn.kneighbors(enc_fact[rows], return_distance=False)]
 
-    # Take the first neighbour (nearest first) that is valid with the factual's immutables.
-    chosen = np.full(n, -1)
+    # Take the first `per_factual` neighbours (nearest first) that are valid with the factual's
+    # immutables: chosen[i, j] is factual i's j-th, -1 where there are fewer.
+    chosen = np.full((n, per_factual), -1)
+    taken = np.zeros(n, int)
     for rank in range(k):
-        rows = np.flatnonzero((chosen < 0) & (neighbours[:, rank] >= 0))
+        rows = np.flatnonzero((taken < per_factual) & (neighbours[:, rank] >= 0))
         if not len(rows):
             continue
         trial = _with_values(fact.iloc[rows], pool, neighbours[rows, rank], mutable)
-        ok = blackbox.predict(trial) == desired[rows]
-        chosen[rows[ok]] = neighbours[rows[ok], rank]
+        ok = rows[blackbox.predict(trial) == desired[rows]]
+        chosen[ok, taken[ok]] = neighbours[ok, rank]
+        taken[ok] += 1
 
-    found = np.flatnonzero(chosen >= 0)
-    cf = _with_values(fact.iloc[found], pool, chosen[found], mutable)
-    cf = _round(_sparsify(cf, fact.iloc[found], desired[found], spec, blackbox, _units(spec), space), spec)
-    still_valid = blackbox.predict(cf) == desired[found] if len(found) else np.zeros(0, bool)
+    owner, slot = np.nonzero(chosen >= 0)  # row-major: each factual's neighbours nearest first
+    owner_fact = fact.iloc[owner].reset_index(drop=True)  # a factual repeats once per neighbour
+    cf = _with_values(owner_fact, pool, chosen[owner, slot], mutable)
+    cf = _round(_sparsify(cf, owner_fact, desired[owner], spec, blackbox, _units(spec), space), spec)
+    still_valid = blackbox.predict(cf) == desired[owner] if len(owner) else np.zeros(0, bool)
 
-    cfs: list[dict | None] = [None] * n
-    detail: list[str | None] = [f"no valid CF among the {k} nearest training windows predicted {c}"
-                                for c in desired]
     kinds = {f.name: f.kind for f in spec.features}
     originals = factuals.reset_index(drop=True)
-    for pos, i in enumerate(found):
+    per_row: list[list[dict]] = [[] for _ in range(n)]
+    first_neighbour: list[int | None] = [None] * n
+    for pos, i in enumerate(owner):
         if not still_valid[pos]:
-            detail[i] = "invalid after rounding to display precision"
             continue
         row = cf.iloc[pos]
-        cfs[i] = {name: _as_python(row[name] if name in mutable else originals.at[i, name], kinds[name])
-                  for name in spec.names}
-        detail[i] = None
+        out = {name: _as_python(row[name] if name in mutable else originals.at[i, name], kinds[name])
+               for name in spec.names}
+        if out not in per_row[i]:
+            per_row[i].append(out)
+            if first_neighbour[i] is None:
+                first_neighbour[i] = int(chosen[i, slot[pos]])
+    found = taken > 0
+    cfs = [found_cfs[0] if found_cfs else None for found_cfs in per_row]
+    detail: list[str | None] = [
+        None if cfs[i] is not None
+        else "invalid after rounding to display precision" if found[i]
+        else f"no valid CF among the {k} nearest training windows predicted {desired[i]}"
+        for i in range(n)
+    ]
     seconds = time.perf_counter() - start
     status = ["ok" if c is not None else "no_cf" for c in cfs]
     return TeacherResult(
@@ -233,11 +258,12 @@ def teacher_cfs(
         detail=detail,
         factual_pred=np.asarray(factual_pred, int),
         desired_class=np.asarray(desired, int),
-        neighbour=[int(chosen[i]) if cfs[i] is not None else None for i in range(n)],
+        neighbour=first_neighbour,
         seconds=[seconds / n] * n if n else [],
         counts={
             "ok": int(sum(c is not None for c in cfs)),
-            "no_valid_neighbour": int(n - len(found)),
-            "invalid_after_rounding": int((~still_valid).sum()),
+            "no_valid_neighbour": int((~found).sum()),
+            "invalid_after_rounding": int((found & np.array([c is None for c in cfs], bool)).sum()),
         },
+        more=[found_cfs[1:] for found_cfs in per_row],
     )

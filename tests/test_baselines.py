@@ -215,6 +215,21 @@ def test_train_split_records_go_to_their_own_folder(aireadi):
     assert not aireadi.cf_file("teacher").exists()
 
 
+def test_teacher_writes_several_distinct_cfs_per_factual_as_candidates(aireadi):
+    cfg = BaselineConfig(seed=0, teacher_per_factual=3)
+    run_baselines(aireadi, ["teacher"], split="train", n=6, cfg=cfg, progress=False)
+    records = read_records(aireadi.cfs / "train" / "teacher.jsonl")
+    ids = json.loads((aireadi.cfs / "factuals_train.json").read_text())["window_ids"]
+    assert list(dict.fromkeys(r.window_id for r in records)) == ids
+    for window_id in ids:
+        mine = [r for r in records if r.window_id == window_id]
+        assert 1 <= len(mine) <= 3 and [r.candidate for r in mine] == list(range(len(mine)))
+        if mine[0].parse_status == "ok":
+            assert all(r.valid for r in mine)
+            assert len({tuple(sorted(r.cf.items())) for r in mine}) == len(mine)
+    assert any(r.candidate > 0 for r in records)  # the tiny cohort has factuals with several
+
+
 def test_expand_methods():
     assert expand_methods(["dice", "nice"], ["random", "genetic"]) == ["dice_random", "dice_genetic", "nice"]
     assert expand_methods(["teacher", "cfnow", "teacher"], ["random"]) == ["teacher", "cfnow"]

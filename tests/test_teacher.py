@@ -142,3 +142,25 @@ def test_spec_without_mutables_or_ranges_is_refused():
                                                 else f for f in SPEC.features]})
     with pytest.raises(ValueError, match="no learned min/max"):
         teacher_cfs(pd.DataFrame([row(1.0)]), pd.DataFrame([row(6.0)]), bare, RuleBox(lambda d: d.a >= 5))
+
+
+def test_several_cfs_per_factual_nearest_first_and_distinct():
+    box = RuleBox(lambda d: d.a >= 5)
+    train = pd.DataFrame([row(1.0), row(6.0, 30.0, 70.0, "y"), row(9.0, 20.0, 80.0, "y")])
+    out = teacher_cfs(pd.DataFrame([row(2.0)]), train, SPEC, box, per_factual=2)
+    # Neighbour 1 as in the single case; neighbour 2 (9, 20/80, y): reverting the group keeps
+    # class 1, reverting a does not, reverting k does: a = 9 stays.
+    assert out.cfs[0] == {"a": 6.0, "b": 40.0, "c": 60.0, "k": "x", "age": 50}
+    assert out.more == [[{"a": 9.0, "b": 40.0, "c": 60.0, "k": "x", "age": 50}]]
+    assert out.neighbour == [1] and out.counts["ok"] == 1
+
+
+def test_neighbours_that_sparsify_to_the_same_cf_count_once():
+    box = RuleBox(lambda d: d.a >= 5)
+    train = pd.DataFrame([row(6.0, 30.0, 70.0, "y"), row(6.0, 20.0, 80.0, "x"), row(1.0)])
+    out = teacher_cfs(pd.DataFrame([row(2.0)]), train, SPEC, box, per_factual=2)
+    assert out.cfs[0] == {"a": 6.0, "b": 40.0, "c": 60.0, "k": "x", "age": 50} and out.more == [[]]
+    single = teacher_cfs(pd.DataFrame([row(2.0)]), train, SPEC, box)
+    assert single.cfs == out.cfs and single.more == [[]]
+    with pytest.raises(ValueError, match="per_factual must be between 1 and k=3"):
+        teacher_cfs(pd.DataFrame([row(2.0)]), train, SPEC, box, k=3, per_factual=4)
