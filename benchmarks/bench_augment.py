@@ -1,13 +1,15 @@
 """Wall time of the full Table IV grid (3 scenarios x 5 ratios x 5 seeds x N sources) -> JSON.
 
-    python -m benchmarks.bench_augment --run runs/bench-augment [--participants 150] [--sources 6] [--jobs 2]
+    python -m benchmarks.bench_augment --run runs/demo [--sources 6] [--jobs 2]
 
-Uses RUN's cohort and its CFs of training factuals (RUN/cfs/train/*.jsonl) when present.
-Otherwise, for a self-contained measurement, it writes a synthetic AI-READI-spec cohort with
-the test fixtures' generator (tests/conftest.py, N participants x 20 windows), trains the
-classifier, and writes N fake-but-valid CF sources: copies of the teacher's CF
-(sensecf.teacher) for every training window. Cells a source cannot fill are skipped, as in a
-real run; the JSON gives the fits run and the seconds per fit. Fig. 1's fits (4 classifiers x
+Works on a scratch copy (--scratch) of RUN's cohort, classifier and CFs of training factuals
+(RUN/cfs/train/*.jsonl), so RUN's own Table IV is left alone. With fewer than N sources there,
+renamed copies of them make up N (the grid's cost depends on the sources' sizes, not on where
+their CFs came from). Without a cohort in RUN, for a self-contained measurement, it writes a
+synthetic AI-READI-spec cohort with the test fixtures' generator (tests/conftest.py,
+--participants x 20 windows), trains the classifier, and writes N teacher-copy sources
+(sensecf.teacher's CF for every training window). Cells a source cannot fill are skipped, as in
+a real run; the JSON gives the fits run and the seconds per fit. Fig. 1's fits (4 classifiers x
 10 reductions x seeds) are timed separately.
 """
 
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import typer
 from augment.scarcity import cf_dir_of, run_scarcity
 from eval.classifier import train_and_evaluate
 from sensecf.blackbox import BlackBox
-from sensecf.records import CFRecord, RecordWriter
+from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir
 from sensecf.spec import DatasetSpec
 from sensecf.teacher import teacher_cfs
@@ -75,21 +78,52 @@ def write_teacher_sources(run: RunDir, n_sources: int) -> list[str]:
     return names
 
 
+def copy_sources(run: RunDir, scratch: RunDir, n_sources: int) -> list[str]:
+    """RUN's training-factual CF files in SCRATCH, plus renamed copies (<name>_copy<k>) up to N."""
+    found = sorted(cf_dir_of(run).glob("*.jsonl"))
+    target = cf_dir_of(scratch)
+    target.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(max(n_sources, len(found))):
+        path = found[i % len(found)]
+        name = path.stem if i < len(found) else f"{path.stem}_copy{i // len(found)}"
+        with RecordWriter(target / f"{name}.jsonl") as writer:
+            writer.write_all(r.model_copy(update={"method": name}) for r in read_records(path))
+        names.append(name)
+    return names
+
+
+def prepare(run: RunDir, scratch: RunDir, participants: int, n_sources: int) -> bool:
+    """SCRATCH with a cohort, classifier and N CF sources; True when the cohort was synthesised."""
+    if scratch.root.exists():
+        shutil.rmtree(scratch.root)
+    if not run.features.exists():
+        build_synthetic_run(scratch, participants)
+        write_teacher_sources(scratch, n_sources)
+        return True
+    if not run.model.exists():
+        raise FileNotFoundError(f"{run.model}: no classifier (python -m eval.classifier --run {run.root})")
+    shutil.copytree(run.cohort, scratch.cohort)
+    shutil.copytree(run.classifier, scratch.classifier)
+    if list(cf_dir_of(run).glob("*.jsonl")):
+        copy_sources(run, scratch, n_sources)
+    else:
+        write_teacher_sources(scratch, n_sources)
+    return False
+
+
 def main(
-    run: Path = typer.Option(..., help="run directory; a synthetic cohort and CF sources are written if absent"),
-    participants: int = typer.Option(150, help="participants (x 20 windows) of the synthetic cohort, if built"),
-    sources: int = typer.Option(6, help="teacher-copy CF sources to write, if RUN/cfs/train has none"),
+    run: Path = typer.Option(Path("runs/demo"), help="run with cohort, classifier, cfs/train (read only)"),
+    scratch: Path = typer.Option(Path("runs/bench/augment-scratch"), help="scratch run directory (replaced)"),
+    participants: int = typer.Option(150, help="participants (x 20 windows) of a synthetic cohort, if RUN has none"),
+    sources: int = typer.Option(6, help="CF sources in the grid (renamed copies make up the number)"),
     seeds: int = typer.Option(5),
     jobs: int = typer.Option(2),
-    out: Path = typer.Option(None, help="JSON result (default RUN/bench_augment.json)"),
+    out: Path = typer.Option(None, help="JSON result (default SCRATCH/bench_augment.json)"),
 ) -> None:
-    """Time the Table IV grid and the Fig. 1 curve on RUN; write the timings as JSON."""
-    rd = RunDir(run)
-    built = not rd.features.exists()
-    if built:
-        build_synthetic_run(rd, participants)
-    if not list(cf_dir_of(rd).glob("*.jsonl")):
-        write_teacher_sources(rd, sources)
+    """Time the Table IV grid and the Fig. 1 curve on a copy of RUN; write the timings as JSON."""
+    rd = RunDir(scratch)
+    built = prepare(RunDir(run), rd, participants, sources)
     df, _ = rd.load_cohort()
 
     start = time.perf_counter()
@@ -98,7 +132,7 @@ def main(
 
     result = {
         "benchmark": "augment_table4_grid",
-        "run": str(rd.root),
+        "run": str(run),
         "synthetic_cohort_built": built,
         "windows": {"train": int((df[SPLIT_COL] == "train").sum()), "test": int((df[SPLIT_COL] == "test").sum())},
         "sources": sorted(p.stem for p in cf_dir_of(rd).glob("*.jsonl")),
@@ -112,6 +146,7 @@ def main(
         "fig1_seconds": round(summary["fig1_seconds"], 1),
         # Whole stage: loading, CF filtering, both sets of fits, tables and figures.
         "stage_seconds": round(total_s, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
     }
