@@ -46,9 +46,14 @@ class GenerateError(ValueError):
 
 # --- what to explain ------------------------------------------------------------------------
 def choose_factuals(
-    run: RunDir, split: str, n: int, seed: int, factuals: Path | None
+    run: RunDir, split: str, n: int, seed: int, factuals: Path | None, desired_class: int | None = None
 ) -> tuple[pd.DataFrame, DatasetSpec, BlackBox, Path, str]:
-    """(factual rows with `factual_pred`, spec, black box, the id file, where the ids came from)."""
+    """(factual rows with `factual_pred`, spec, black box, the id file, where the ids came from).
+
+    desired_class keeps only the factuals whose CF is sought in that class (predicted the other),
+    the first n of them: augmentation of one scarce class spends the whole budget on it."""
+    if desired_class not in (None, 0, 1):
+        raise GenerateError(f"--desired-class must be 0 or 1, got {desired_class}")
     df, spec = run.load_cohort()
     blackbox = BlackBox.load(run.model, spec)
     pool = df[df[SPLIT_COL] == split].reset_index(drop=True)
@@ -72,7 +77,10 @@ def choose_factuals(
     order = {i: k for k, i in enumerate(dict.fromkeys(ids))}
     chosen = pool.assign(factual_pred=predicted)[pool[ID_COL].astype(str).isin(order)]
     chosen = chosen.sort_values(ID_COL, key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
-    if len(chosen) > n:
+    if desired_class is not None:
+        chosen = chosen[chosen["factual_pred"] == 1 - desired_class].head(n).reset_index(drop=True)
+        source += f" (the first {len(chosen)} predicted {1 - desired_class}: CFs of class {desired_class})"
+    elif len(chosen) > n:
         chosen = balanced_head(chosen, n)
         source += f" (the first {n}, half per predicted class)"
     return chosen, spec, blackbox, factuals or shared, source
@@ -166,6 +174,7 @@ def generate(
     seed: int = 0,
     factuals: Path | None = None,
     candidates: int = 1,
+    desired_class: int | None = None,
     fewshot: int = 0,
     batch_size: int = 16,
     hf_options: dict | None = None,
@@ -187,7 +196,7 @@ def generate(
             f"{run.cohort}: the cohort is not marked synthetic; the openai backend sends its rows to "
             f"{api.get('base_url') or 'api.openai.com'}. Pass --allow-external-api if your data-use agreement allows it"
         )
-    chosen, spec, blackbox, ids_file, source = choose_factuals(run, split, n, seed, factuals)
+    chosen, spec, blackbox, ids_file, source = choose_factuals(run, split, n, seed, factuals, desired_class)
     examples = fewshot_examples(run, fewshot, spec)
     path = records_dir(run, split) / f"{method}.jsonl"
     summary: dict = {"method": method, "backend": backend, "factuals": len(chosen), "factuals_from": source}
@@ -218,6 +227,7 @@ def generate(
         file=str(path),
     )
     config = {"method": method, "backend": backend, "split": split, "n": n, "candidates": candidates}
+    config.update(desired_class=desired_class)
     config.update(fewshot=fewshot, batch_size=batch_size, summary=summary)
     config["options"] = hf if backend == "hf" else api
     inputs = [run.features, run.spec, run.model, ids_file, run.sft / "fewshot.jsonl" if fewshot else None]
@@ -302,6 +312,9 @@ def main(
     factuals: Path | None = typer.Option(None, help="JSON list of window ids (or factuals_<split>.json) to explain"),
     seed: int = typer.Option(0, help="seed of the factual sample and of sampling"),
     candidates: int = typer.Option(1, help="answers sampled per factual (verification keeps the nearest valid)"),
+    desired_class: int | None = typer.Option(
+        None, help="only factuals whose CF is sought in this class (0 or 1): augmentation of one scarce class"
+    ),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     fewshot: int = typer.Option(0, help="examples per prompt from RUN/sft/fewshot.jsonl (0 = zero-shot)"),
     batch_size: int = typer.Option(16, help="hf: rows decoded together"),
@@ -359,6 +372,7 @@ def main(
             seed=seed,
             factuals=factuals,
             candidates=candidates,
+            desired_class=desired_class,
             fewshot=fewshot,
             batch_size=batch_size,
             hf_options=hf,

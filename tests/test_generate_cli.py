@@ -80,6 +80,22 @@ def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, 
     assert sum(predicted[i] == 0 for i in head) == expected_zeros
 
 
+def test_desired_class_takes_only_factuals_of_the_other_prediction(run, model_dir):
+    df, spec = run.load_cohort()
+    test = df[df[SPLIT_COL] == "test"]
+    predicted = dict(zip(test[ID_COL].astype(str), BlackBox.load(run.model, spec).predict(test), strict=True))
+    ids = test[ID_COL].astype(str).tolist()[:12]
+    run.cfs.mkdir(parents=True, exist_ok=True)
+    (run.cfs / "factuals_test.json").write_text(json.dumps({"window_ids": ids}))
+    generate(run, "to_one", n=3, desired_class=1, hf_options=options(model_dir), progress=False)
+    records = read_records(run.cf_file("to_one"))
+    expected = [i for i in ids if predicted[i] == 0][:3]
+    assert expected and [r.window_id for r in records] == expected
+    assert {r.desired_class for r in records} == {1}
+    with pytest.raises(GenerateError, match="--desired-class must be 0 or 1, got 2"):
+        generate(run, "x", desired_class=2, hf_options=options(model_dir))
+
+
 def test_balanced_head_by_hand():
     frame = pd.DataFrame({ID_COL: list("abcdefg"), "factual_pred": [0, 0, 1, 0, 1, 1, 0]})
     assert balanced_head(frame, 4)[ID_COL].tolist() == ["a", "b", "c", "e"]
