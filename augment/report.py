@@ -334,6 +334,10 @@ def training_row(recipe: str, folder: Path) -> dict:
     rates = [h["tokens/train_per_sec_per_gpu"] for h in history if "tokens/train_per_sec_per_gpu" in h]
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
     trainable = next((h["tokens/trainable"] for h in reversed(history) if "tokens/trainable" in h), None)
+    # A checkpoint's state is saved before the trainer logs its runtime; launch.train records it.
+    launched = read_json(folder / "train_summary.json") or {}
+    runtime = runtime or launched.get("train_runtime_seconds")
+    trainable = trainable or launched.get("tokens", {}).get("trainable")
     # Whole-run rate when the trainer logged its runtime and trainable tokens; else the mean logged rate.
     rate = trainable / runtime if runtime and trainable else (sum(rates) / len(rates) if rates else None)
     return {"recipe": recipe, "adapter": adapter, "steps": fmt(state.get("global_step")),
@@ -374,13 +378,16 @@ def section_timing(run: RunDir) -> str:
     if data is None:
         return not_run(run, path, "timing")
     written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    stages = data.get("stages", [])
     rows = [{"stage": s.get("stage"), "wall time (s)": fmt(s.get("seconds"), 1),
-             "skipped (up to date)": fmt(bool(s.get("skipped")))} for s in data.get("stages", [])]
-    return (
-        f"Per-stage wall time of `{data.get('recipe')}` (`stages.json`, written {written} when the runner "
-        f"finished; total {fmt(data.get('total_seconds'), 1)} s). A report built as a stage of that run shows "
-        "the previous complete run. Seconds per CF are in Table III.\n\n" + md_table(rows)
-    )
+             "skipped (up to date)": fmt(bool(s.get("skipped")))} for s in stages]
+    if data.get("total_seconds") is None:  # the runner writes the total only when every stage is done
+        when = (f"written {written} while the run was in progress (the stages before this report; "
+                f"their sum {fmt(sum(s.get('seconds') or 0 for s in stages), 1)} s)")
+    else:
+        total = fmt(data["total_seconds"], 1)
+        when = f"`{data.get('recipe')}`, written {written} when the runner finished; total {total} s"
+    return f"Per-stage wall time (`stages.json`, {when}). Seconds per CF are in Table III.\n\n" + md_table(rows)
 
 
 def section_reproducibility(run: RunDir) -> str:
@@ -436,11 +443,35 @@ def notes(run: RunDir) -> list[str]:
         text += "; one seed gives no interval." if seeds < 2 else "."
         table = run.augment / "table4.csv"
         if table.is_file():
-            short = int(pd.read_csv(table)["note"].fillna("").str.startswith("insufficient").sum())
+            t4 = pd.read_csv(table)
+            short = int(t4["note"].fillna("").str.startswith("insufficient").sum())
             if short:
                 text += (f" {short} cell(s) had too few usable CFs and were not fitted (marked insufficient; "
                          "the CF pool summary under Table IV says why CFs were excluded).")
-        items.append(text)
+            items.append(text)
+            items += table4_notes(t4)
+        else:
+            items.append(text)
+    return items
+
+
+def table4_notes(t4: pd.DataFrame) -> list[str]:
+    """What Table IV's F1 column can and cannot show, judged against its own 95% intervals."""
+    items = []
+    fitted = t4.dropna(subset=["F1", "F1_ci"])
+    reduced = fitted[fitted["row"].str.startswith("Reduced")]
+    flat = [f"{r.scenario} ({r.F1:+.2f}% ± {r.F1_ci:.2f})" for r in reduced.itertuples() if abs(r.F1) <= r.F1_ci]
+    if flat:
+        items.append("Removing 50% did not change F1 beyond the spread over seeds in scenario(s) "
+                     + ", ".join(flat) + ": there is little to recover, so the CF rows of those scenarios "
+                     "cannot show the paper's recovery (paper: -10% to -15% F1 after reduction).")
+    added = fitted[fitted["row"].str.startswith("CF added")]
+    worse = [f"{r.method} in {r.scenario} ({r.F1:+.2f}% ± {r.F1_ci:.2f})" for r in added.itertuples()
+             if r.F1 + r.F1_ci < 0]
+    if worse:
+        items.append("CFs lowered F1 beyond the spread over seeds: " + ", ".join(worse) + ". A CF sits just across "
+                     "the decision boundary; many of them, labelled with the reduced class, move the boundary "
+                     "into the other class.")
     return items
 
 

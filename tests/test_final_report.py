@@ -7,11 +7,12 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import AIREADI_SPEC, _aireadi_frame, write_cohort
 from typer.testing import CliRunner
 
-from augment.report import SECTIONS, app, render_report
+from augment.report import SECTIONS, app, render_report, section_timing, training_row
 from augment.scarcity import run_scarcity
 from eval.classifier import train_and_evaluate
 from eval.report import build_report
@@ -318,3 +319,42 @@ def test_a_non_aireadi_cohort_renders_from_its_spec(generic_run):
     assert "400 windows from 400 participants" in quality
     assert "label 1 (disease)" in quality
     assert "Run `generic` used a **synthetic** cohort (toy-heart)" in text
+
+
+def test_timing_of_a_run_in_progress_sums_the_stages_so_far(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    stages = {"stages": [{"stage": "cohort", "seconds": 12.3, "skipped": False},
+                         {"stage": "table4", "seconds": 50.2, "skipped": False}]}
+    (run.root / "stages.json").write_text(json.dumps(stages))
+    text = section_timing(run)
+    assert "while the run was in progress" in text and "their sum 62.5 s" in text
+    assert "None" not in text and row("table4", 50.2, "no").search(text)
+
+
+def test_training_runtime_from_the_launchers_summary_when_the_state_lacks_it(tmp_path):
+    folder = tmp_path / "smollm2-cpu"
+    (folder / "checkpoint-20").mkdir(parents=True)
+    state = {"global_step": 20, "log_history": [{"step": 1, "loss": 0.44}, {"step": 20, "loss": 0.21}]}
+    (folder / "checkpoint-20" / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "train_summary.json").write_text(
+        json.dumps({"train_runtime_seconds": 147.2, "tokens": {"total": 20480, "trainable": 4897}})
+    )
+    got = training_row("smollm2-cpu", folder)
+    assert got["runtime (s)"] == "147.2" and got["tokens/s"] == "33.3"  # 4897 / 147.2
+
+
+def test_table4_notes_judge_f1_against_its_intervals():
+    from augment.report import table4_notes
+
+    t4 = pd.DataFrame([
+        {"scenario": "A", "row": "Reduced vs baseline (%)", "method": "NN", "F1": -0.28, "F1_ci": 2.30},
+        {"scenario": "B", "row": "Reduced vs baseline (%)", "method": "NN", "F1": -12.0, "F1_ci": 3.0},
+        {"scenario": "B", "row": "CF added vs reduced (%), ratio 1", "method": "teacher", "F1": -20.04, "F1_ci": 10.0},
+        {"scenario": "B", "row": "CF added vs reduced (%), ratio 1", "method": "nice", "F1": -1.0, "F1_ci": 2.0},
+        {"scenario": "B", "row": "CF added vs reduced (%), ratio 1", "method": "llm", "F1": None, "F1_ci": None},
+    ])
+    flat, worse = table4_notes(t4)
+    assert "scenario(s) A (-0.28% ± 2.30)" in flat and "B (" not in flat
+    assert "teacher in B (-20.04% ± 10.00)" in worse and "nice" not in worse and "llm" not in worse
+    assert table4_notes(t4.iloc[[1]]) == []
