@@ -78,9 +78,12 @@ def write_teacher_sources(run: RunDir, n_sources: int) -> list[str]:
     return names
 
 
-def copy_sources(run: RunDir, scratch: RunDir, n_sources: int) -> list[str]:
-    """RUN's training-factual CF files in SCRATCH, plus renamed copies (<name>_copy<k>) up to N."""
-    found = sorted(cf_dir_of(run).glob("*.jsonl"))
+def copy_sources(run: RunDir, scratch: RunDir, n_sources: int, only: str | None = None) -> list[str]:
+    """RUN's training-factual CF files (or just ONLY's) in SCRATCH, plus renamed copies
+    (<name>_copy<k>) up to N."""
+    found = sorted(p for p in cf_dir_of(run).glob("*.jsonl") if only is None or p.stem == only)
+    if not found:
+        raise FileNotFoundError(f"{cf_dir_of(run)}: no CF file{f' {only}.jsonl' if only else 's'}")
     target = cf_dir_of(scratch)
     target.mkdir(parents=True, exist_ok=True)
     names = []
@@ -93,7 +96,7 @@ def copy_sources(run: RunDir, scratch: RunDir, n_sources: int) -> list[str]:
     return names
 
 
-def prepare(run: RunDir, scratch: RunDir, participants: int, n_sources: int) -> bool:
+def prepare(run: RunDir, scratch: RunDir, participants: int, n_sources: int, only: str | None = None) -> bool:
     """SCRATCH with a cohort, classifier and N CF sources; True when the cohort was synthesised."""
     if scratch.root.exists():
         shutil.rmtree(scratch.root)
@@ -106,7 +109,7 @@ def prepare(run: RunDir, scratch: RunDir, participants: int, n_sources: int) -> 
     shutil.copytree(run.cohort, scratch.cohort)
     shutil.copytree(run.classifier, scratch.classifier)
     if list(cf_dir_of(run).glob("*.jsonl")):
-        copy_sources(run, scratch, n_sources)
+        copy_sources(run, scratch, n_sources, only)
     else:
         write_teacher_sources(scratch, n_sources)
     return False
@@ -117,13 +120,14 @@ def main(
     scratch: Path = typer.Option(Path("runs/bench/augment-scratch"), help="scratch run directory (replaced)"),
     participants: int = typer.Option(150, help="participants (x 20 windows) of a synthetic cohort, if RUN has none"),
     sources: int = typer.Option(6, help="CF sources in the grid (renamed copies make up the number)"),
+    only: str = typer.Option(None, help="copy only this source of RUN (e.g. one that fills every cell)"),
     seeds: int = typer.Option(5),
     jobs: int = typer.Option(2),
     out: Path = typer.Option(None, help="JSON result (default SCRATCH/bench_augment.json)"),
 ) -> None:
     """Time the Table IV grid and the Fig. 1 curve on a copy of RUN; write the timings as JSON."""
     rd = RunDir(scratch)
-    built = prepare(RunDir(run), rd, participants, sources)
+    built = prepare(RunDir(run), rd, participants, sources, only)
     df, _ = rd.load_cohort()
 
     start = time.perf_counter()

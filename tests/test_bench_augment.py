@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_augment import copy_sources
 from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import RunDir
@@ -26,3 +28,7 @@ def test_copy_sources_renames_copies_up_to_n(tmp_path):
         assert [r.window_id for r in records] == ids and {r.method for r in records} == {name}
     assert sorted(p.name for p in (run.cfs / "train").iterdir()) == ["nice.jsonl", "teacher.jsonl"]
     assert len(copy_sources(run, RunDir(tmp_path / "two"), 1)) == 2  # never fewer than the run has
+    only = copy_sources(run, RunDir(tmp_path / "only"), 3, only="teacher")
+    assert only == ["teacher", "teacher_copy1", "teacher_copy2"]
+    with pytest.raises(FileNotFoundError, match="no CF file dice.jsonl"):
+        copy_sources(run, RunDir(tmp_path / "none"), 3, only="dice")
