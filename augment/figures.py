@@ -50,6 +50,8 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
     baseline = [r["metrics"][metric] for r in results if r["kind"] == "baseline"]
     seeds = {r["seed"] for r in results if r["kind"] == "baseline"}
     all_ratios = sorted({100 * r["ratio"] for r in results if r["kind"] == "augmented"})
+    # One colour per source in every panel, also where a source could fill no ratio of a scenario.
+    colour = {s: f"C{i}" for i, s in enumerate(sorted({r["source"] for r in results if r["kind"] == "augmented"}))}
     fig, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(5 * max(1, len(scenarios)), 4), squeeze=False)
     for ax, sc in zip(axes[0], scenarios, strict=False):
         cells = defaultdict(dict)  # source -> ratio -> [values] (None if any seed insufficient)
@@ -64,7 +66,8 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
         for source in sorted(cells):
             ratios = sorted(x for x, v in cells[source].items() if v is not None and len(v) == len(seeds))
             if ratios:
-                _band(ax, [100 * x for x in ratios], [cells[source][x] for x in ratios], source)
+                _band(ax, [100 * x for x in ratios], [cells[source][x] for x in ratios], source,
+                      color=colour[source])
         _hline(ax, [r["metrics"][metric] for r in results if r["kind"] == "reduced" and r["scenario"] == sc],
                "reduced (no CFs)", "--", "black")
         _hline(ax, baseline, "full training set", ":", "gray", band=False)
@@ -75,7 +78,7 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
         ax.set_xlabel("augmentation ratio (% of windows removed)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.suptitle(f"CF augmentation under label scarcity ({len(seeds)} seeds, mean ± 95% CI)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
