@@ -62,13 +62,19 @@ def test_records_for_a_fresh_sample_drawn_like_the_baselines(run, model_dir):
     assert str(run.cfs / "factuals_test.json") in prov["inputs"]
 
 
-def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, model_dir):
+def _shared_test_sample(run) -> tuple[list[str], dict[str, int]]:
+    """The first 12 test windows written as the shared factual file, and their predictions."""
     df, spec = run.load_cohort()
     test = df[df[SPLIT_COL] == "test"]
     predicted = dict(zip(test[ID_COL].astype(str), BlackBox.load(run.model, spec).predict(test), strict=True))
     ids = test[ID_COL].astype(str).tolist()[:12]
     run.cfs.mkdir(parents=True, exist_ok=True)
     (run.cfs / "factuals_test.json").write_text(json.dumps({"window_ids": ids}))
+    return ids, predicted
+
+
+def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, model_dir):
+    ids, predicted = _shared_test_sample(run)
     generate(run, "all", n=50, hf_options=options(model_dir), progress=False)
     assert [r.window_id for r in read_records(run.cf_file("all"))] == ids  # fewer than n: all of them
     generate(run, "head", n=4, hf_options=options(model_dir), progress=False)
@@ -81,12 +87,7 @@ def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, 
 
 
 def test_desired_class_takes_only_factuals_of_the_other_prediction(run, model_dir):
-    df, spec = run.load_cohort()
-    test = df[df[SPLIT_COL] == "test"]
-    predicted = dict(zip(test[ID_COL].astype(str), BlackBox.load(run.model, spec).predict(test), strict=True))
-    ids = test[ID_COL].astype(str).tolist()[:12]
-    run.cfs.mkdir(parents=True, exist_ok=True)
-    (run.cfs / "factuals_test.json").write_text(json.dumps({"window_ids": ids}))
+    ids, predicted = _shared_test_sample(run)
     generate(run, "to_one", n=3, desired_class=1, hf_options=options(model_dir), progress=False)
     records = read_records(run.cf_file("to_one"))
     expected = [i for i in ids if predicted[i] == 0][:3]
