@@ -276,17 +276,22 @@ def load_embedded_model(adapter: Path | None = None, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(
         base, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
     )
-    tok_dir = base
-    if adapter is not None:
-        from peft import PeftModel
-
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter}: no adapter_config.json (not a PEFT adapter folder)")
-        model = PeftModel.from_pretrained(model, adapter)
-        if (adapter / "tokenizer_config.json").is_file():
-            tok_dir = adapter
+    model, tok_dir = with_adapter(model, base, adapter)
     return model.eval(), PreTrainedTokenizerFast.from_pretrained(tok_dir)
+
+
+def with_adapter(model, tokenizer_dir: Path, adapter: str | Path | None):
+    """(model with the PEFT adapter applied, folder to load the tokenizer from): the adapter's
+    own tokenizer when training saved one there (Axolotl does), else `tokenizer_dir`."""
+    if adapter is None:
+        return model, tokenizer_dir
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json (not a PEFT adapter folder)")
+    model = PeftModel.from_pretrained(model, adapter)
+    return model, adapter if (adapter / "tokenizer_config.json").is_file() else tokenizer_dir
 
 
 app = typer.Typer(help="Prepare the embedded model and the real tokenizers in the local cache.", no_args_is_help=True)

@@ -419,9 +419,9 @@ def load_model(model: str | Path | None = None, adapter: str | Path | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if model is None:
-        from sensecf.models import load_embedded_model
+    from sensecf.models import load_embedded_model, with_adapter
 
+    if model is None:
         m, tok = load_embedded_model(Path(adapter) if adapter else None)
         return m.to(device), tok
     model = Path(model)
@@ -429,14 +429,5 @@ def load_model(model: str | Path | None = None, adapter: str | Path | None = Non
         raise FileNotFoundError(f"{model}: not a transformers model folder (no config.json)")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     m = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, use_safetensors=True, trust_remote_code=False)
-    tok_dir = model
-    if adapter is not None:
-        from peft import PeftModel
-
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter}: no adapter_config.json (not a PEFT adapter folder)")
-        m = PeftModel.from_pretrained(m, adapter)
-        if (adapter / "tokenizer_config.json").is_file():
-            tok_dir = adapter
+    m, tok_dir = with_adapter(m, model, adapter)
     return m.to(device).eval(), AutoTokenizer.from_pretrained(tok_dir)
