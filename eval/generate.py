@@ -215,7 +215,8 @@ def generate(
         else:
             failures = _run_openai(spec, blackbox, method, jobs, examples, api, extra, writer, bar)
         bar.close()
-    records = [r for r in read_records(path) if r.window_id in set(chosen[ID_COL].astype(str))]
+    wanted = set(chosen[ID_COL].astype(str))
+    records = [r for r in read_records(path) if r.window_id in wanted]
     summary.update(
         written=len(jobs) - len(failures),
         failed=failures,
