@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sensecf.atomic import write_json
 from sensecf.spec import DatasetSpec
 
 # Column names of the cohort table (features.parquet) besides the spec's features and label.
@@ -104,11 +105,18 @@ class RunDir:
         return pd.read_parquet(self.features), self.load_spec()
 
     def is_synthetic(self) -> bool:
-        """True only when the cohort's provenance says it was built from a synthetic release."""
+        """True only when the cohort's provenance says it was built from a synthetic release AND
+        the cohort table is the one that provenance describes (its sha256 recorded at build time):
+        a real cohort copied over a synthetic one's folder is not synthetic."""
         prov = self.cohort / "provenance.json"
-        if not prov.exists():
+        if not prov.exists() or not self.features.exists():
             return False
-        return json.loads(prov.read_text()).get("source", {}).get("synthetic") is True
+        try:
+            record = json.loads(prov.read_text())
+        except ValueError:
+            return False
+        recorded = record.get("outputs", {}).get(self.features.name)
+        return record.get("source", {}).get("synthetic") is True and recorded == file_sha256(self.features)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -147,9 +155,16 @@ def write_provenance(
     seed: int | None = None,
     source: dict | None = None,
 ) -> Path:
-    """Record what produced a stage's artifact: command, seed, config, versions, commit, input hashes."""
+    """Record what produced a stage's artifact: command, seed, config, versions, commit, input
+    hashes, and the sha256 of every file the stage left in its folder (`outputs`, top level), so a
+    later stage can tell the artifact is the one described. Written atomically."""
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        p.name: file_sha256(p)
+        for p in sorted(stage_dir.iterdir())
+        if p.is_file() and p.name != "provenance.json" and not p.name.startswith(".")
+    }
     record = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": sys.argv,
@@ -158,9 +173,8 @@ def write_provenance(
         "versions": _versions(),
         "git_commit": _git_commit(),
         "inputs": {str(p): file_sha256(p) for p in inputs if Path(p).is_file()},
+        "outputs": outputs,
     }
     if source is not None:
         record["source"] = source
-    path = stage_dir / "provenance.json"
-    path.write_text(json.dumps(record, indent=2, default=str))
-    return path
+    return write_json(stage_dir / "provenance.json", record, default=str)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def write_cohort(run: RunDir, df: pd.DataFrame, spec: DatasetSpec, seed: int = 0
     df.to_parquet(run.features, index=False)
     run.split.write_text(json.dumps({"train": [p for p in pids if p not in test], "test": sorted(test)}))
     spec.with_ranges(df[df[SPLIT_COL] == "train"]).to_yaml(run.spec)
-    (run.cohort / "provenance.json").write_text(json.dumps({"source": {"synthetic": True, "fixture": True}}))
+    write_provenance(run.cohort, config={"fixture": True}, seed=seed, source={"synthetic": True, "fixture": True})
     return run
 
 

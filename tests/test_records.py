@@ -38,7 +38,7 @@ def test_torn_last_line_from_a_killed_writer_is_dropped_then_rewritten(tmp_path)
 def test_a_broken_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(_rec(0).model_dump_json() + "\n{oops\n" + _rec(1).model_dump_json() + "\n")
-    with pytest.raises(ValueError, match=r"m.jsonl:2: not a CF record"):
+    with pytest.raises(ValueError, match=r"m.jsonl: line 2: not a CF record"):
         read_records(path)
 
 
