@@ -1,4 +1,6 @@
-"""The OpenAI-compatible backend against a loopback chat.completions server started here."""
+"""The OpenAI-compatible backend against a loopback chat.completions server started here.
+
+`FakeEndpoint` (with `Reply` scripts) is shared with tests/faults/test_endpoint_faults.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,7 +19,7 @@ from eval.classifier import train_and_evaluate
 from eval.generate import GenerateError, generate
 from sensecf.cfblock import render_block
 from sensecf.generate.grammar import block_regex
-from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator
+from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator, endpoint_host, is_loopback
 from sensecf.generate.result import GenRequest
 from sensecf.records import read_records
 
@@ -39,15 +43,51 @@ def json_answer(body: dict) -> str:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True  # close() does not wait for a handler still sleeping past a client's timeout
+
     def handle_error(self, request, client_address):
         pass  # a client that gave up (cancelled after a fatal error) resets its connection
 
 
-class FakeEndpoint:
-    """127.0.0.1 chat.completions: canned answers, optional failures, request log."""
+@dataclass
+class Reply:
+    """One scripted answer: `payload` None means the endpoint's usual answer to the request."""
 
-    def __init__(self, fail_first: int = 0, fail_status: int = 503, always: int | None = None, delay: float = 0.0):
+    status: int = 200
+    payload: dict | bytes | None = None
+    content_type: str = "application/json"
+    delay: float = 0.0
+    headers: dict | None = None  # None: `retry-after-ms: 5`, which keeps the SDK's backoff short
+
+
+def error_reply(status: int, message: str, code: str | None = None, type_: str = "invalid_request_error",
+                headers: dict | None = None) -> Reply:
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+    return Reply(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers=headers)
+
+
+def content_reply(content, **message) -> Reply:
+    """A 200 completion whose one message has this content (and e.g. refusal=...)."""
+    payload = completion("m", content)
+    payload["choices"][0]["message"].update(message)
+    return Reply(200, payload)
+
+
+def prompt_of(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+class FakeEndpoint:
+    """127.0.0.1 chat.completions: canned answers, optional failures, request log.
+
+    `script(call_number, body)` may return a Reply for that call (None: the usual answer);
+    `content(body)` may replace the usual answer text."""
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, always: int | None = None, delay: float = 0.0,
+                 script: Callable[[int, dict], Reply | None] | None = None,
+                 content: Callable[[dict], str] | None = None):
         self.fail_first, self.fail_status, self.always, self.delay = fail_first, fail_status, always, delay
+        self.script, self.content = script, content
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = self.calls = 0
         self.lock = threading.Lock()
@@ -66,25 +106,35 @@ class FakeEndpoint:
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                 try:
                     time.sleep(endpoint.delay)
+                    reply = endpoint.script(call, body) if endpoint.script else None
+                    if reply is not None:
+                        time.sleep(reply.delay)
+                        if reply.payload is not None:
+                            return self._send(reply.status, reply.payload, reply.content_type, reply.headers)
                     status = endpoint.always or (endpoint.fail_status if call <= endpoint.fail_first else 200)
                     if status != 200:
                         return self._send(status, {"error": {"message": f"status {status}", "type": "x", "code": None}})
                     endpoint.bodies.append(body)
-                    if "response_format" in body:
+                    if endpoint.content is not None:
+                        content = endpoint.content(body)
+                    elif "response_format" in body:
                         content = json_answer(body)
                     else:  # vLLM regex / free text: the block (REM deliberately off: the backend derives it)
                         content = "Here you go:\n" + render_block(SPEC, {**CF, "rem_pct": 25.0})
                     self._send(200, completion(body["model"], content))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout) before the answer
                 finally:
                     with endpoint.lock:
                         endpoint.in_flight -= 1
 
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
+            def _send(self, status, payload, content_type="application/json", headers=None):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
-                self.send_header("retry-after-ms", "5")  # keep the SDK's backoff short
+                for name, value in ({"retry-after-ms": "5"} if headers is None else headers).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -183,6 +233,35 @@ def test_auth_failure_is_a_clear_error(endpoint_factory):
     assert endpoint.calls <= 3  # 401 is not retried
 
 
+def test_requests_are_not_stored_and_carry_a_seed_only_when_asked(endpoint_factory):
+    endpoint = endpoint_factory()
+    generator(endpoint).generate(requests(2))
+    assert all(b["store"] is False for b in endpoint.bodies) and {b["seed"] for b in endpoint.bodies} == {0, 1}
+    quiet = endpoint_factory()
+    generator(quiet, send_seed=False).generate(requests(2))
+    assert all(b["store"] is False and "seed" not in b for b in quiet.bodies) and len(quiet.bodies) == 2
+
+
+def test_endpoint_host_and_loopback():
+    assert endpoint_host(None) == "api.openai.com" and not is_loopback(None)
+    assert endpoint_host("https://API.Example.com:8443/v1") == "api.example.com"
+    assert endpoint_host("localhost:8000/v1") == "localhost"  # no scheme
+    for url in ("http://127.0.0.1:8000/v1", "http://127.8.9.10/v1", "http://[::1]:8000/v1", "http://localhost/v1",
+                "http://LOCALHOST:1/v1"):
+        assert is_loopback(url), url
+    for url in ("http://10.0.0.1/v1", "http://0.0.0.0:8000/v1", "http://127.0.0.1.evil.example/v1",
+                "http://localhost@evil.example/v1", "http://localhost.evil.example/v1", "https://api.openai.com/v1",
+                "http://[::2]/v1"):
+        assert not is_loopback(url), url
+
+
+def test_bad_settings_are_refused_before_any_request():
+    with pytest.raises(ValueError, match="max_consecutive_failures"):
+        OpenAIGenerator(SPEC, OpenAIConfig(max_consecutive_failures=0), api_key="sk-test")
+    with pytest.raises(ValueError, match="timeout"):
+        OpenAIGenerator(SPEC, OpenAIConfig(timeout=0), api_key="sk-test")
+
+
 def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("SENSECF_TEST_KEY", raising=False)
     with pytest.raises(EndpointError, match=r"set \$SENSECF_TEST_KEY"):
@@ -192,13 +271,12 @@ def test_missing_key_is_a_clear_error(monkeypatch):
 # --- through the CLI's generate() -----------------------------------------------------------
 
 
-def test_a_real_cohort_is_refused_without_allow_external_api(tiny_run, endpoint_factory, monkeypatch):
+def test_a_real_cohort_is_refused_for_a_remote_host_without_allow_external_api(tiny_run, monkeypatch):
+    # a loopback endpoint is local (sensecf.privacy); a remote one needs the host named
     (tiny_run.cohort / "provenance.json").write_text(json.dumps({"source": {"synthetic": False}}))
-    endpoint = endpoint_factory()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    with pytest.raises(GenerateError, match="--allow-external-api"):
-        generate(tiny_run, "gpt4o", "openai", n=4, openai_options={"base_url": endpoint.base_url})
-    assert endpoint.calls == 0
+    with pytest.raises(GenerateError, match="--allow-external-api api.example.invalid"):
+        generate(tiny_run, "gpt4o", "openai", n=4, openai_options={"base_url": "http://api.example.invalid/v1"})
 
 
 def test_openai_backend_end_to_end_writes_records(tiny_run, endpoint_factory, monkeypatch):

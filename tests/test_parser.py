@@ -125,3 +125,35 @@ def test_arbitrary_text_never_raises(text):
     cf, status = parse_cf(SPEC, text, FACTUAL)
     assert status in ("ok", "parse_error")
     assert (cf is None) == (status == "parse_error")
+
+
+def _steps(value: str):
+    return parse_block(SPEC, f"<new>\nAvg steps: {value}\n</new>", FACTUAL)
+
+
+def test_numbers_with_exponents():
+    assert _steps("1.2e4").cf["steps_mean"] == 12000.0
+    assert _steps("3E-2").cf["steps_mean"] == 0.03
+    assert _steps("1.5e+1 steps/min").cf["steps_mean"] == 15.0
+    assert _steps("12.0 -> 2e1").cf["steps_mean"] == 20.0
+    assert _steps("1,234.5e-2").cf["steps_mean"] == 12.35  # thousands comma, then the exponent
+    json_text = '{"awake_pct": 8, "steps_mean": 1e-05}'  # json.dumps writes small floats this way
+    assert parse_block(SPEC, json_text, FACTUAL).cf["steps_mean"] == 0.0
+
+
+def test_non_finite_and_absurd_numbers_make_the_answer_a_parse_error_naming_the_feature():
+    for value in ("1" + "0" * 400, "inf", "-Infinity", "NaN", "1e308", "1e13", "-2e12", "12.0 -> 1e400"):
+        r = _steps(value)
+        assert (r.cf, r.status) == (None, "parse_error"), value
+        assert r.note.startswith("unusable numbers: Avg steps: "), (value, r.note)
+    assert "not a finite number" in _steps("9" * 400).note
+    assert "magnitude above 1e+12" in _steps("1e308").note
+    assert _steps("1e12").cf["steps_mean"] == 1e12  # the bound itself is still a number
+    # an integer feature: a 400-digit count once raised OverflowError inside int()
+    r = parse_block(SPEC, "<new>\nAvg steps: 3\nHyperglycemia events: " + "9" * 400 + "\n</new>", FACTUAL)
+    assert r.status == "parse_error" and "Hyperglycemia events: not a finite number" in r.note
+    # JSON accepts NaN, Infinity and 1e400 (-> inf)
+    r = parse_block(SPEC, '{"awake_pct": NaN, "steps_mean": 1e400}', FACTUAL)
+    assert r.status == "parse_error" and "Awake (%)" in r.note and "Avg steps" in r.note
+    # words that merely contain "inf"/"nan" are prose, not numbers
+    assert _steps("5 (information: banana)").cf["steps_mean"] == 5.0

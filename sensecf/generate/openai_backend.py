@@ -12,9 +12,20 @@ In the constrained modes each group's computed member is (re)derived from the ot
 hf backend does, and an out-of-range completion marks the answer incoherent.
 
 Many requests are in flight (`concurrency`); the SDK retries 429/5xx/timeouts itself
-(`max_retries`, honouring Retry-After). A rejected key (401/403) or a rejected request (400)
-stops the run with a clear error; a request still failing after its retries is returned in
-`failures`, never as a CF record, so a re-run retries it.
+(`max_retries`, honouring Retry-After). What becomes of a request that does not end in an answer:
+- its own row (a record, not retried): a 400/422 rejecting this one request (status "error", the
+  provider's message in `error`), a reply with no choices or no text ("empty"), a refusal
+  ("refusal", its text in `error` and `extra["refusal"]`). A non-finite or absurd number in the
+  answer is the parser's parse_error.
+- a failure (no record, so a re-run retries it): a connection error, a timeout (a reply slower
+  than `timeout` seconds, after the retries), 429/5xx after the retries, a body that is not a
+  chat completion. `max_consecutive_failures` of these in a row stop the run (server gone).
+- a stop (EndpointError, at once): a rejected key (401/403), an unknown model (404), exhausted
+  quota or billing (429 `insufficient_quota`: never retried, see `_quota_is_final`), or the first
+  `max_consecutive_failures` requests all rejected with 400/422 (the request shape is wrong, not
+  one row: nothing is written for them).
+Requests carry `store=False` (the provider must not keep the prompts) and a `seed` only when
+`send_seed` is set.
 """
 
 from __future__ import annotations
@@ -29,11 +40,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from sensecf.cfblock import render_block
 from sensecf.generate.grammar import block_regex, complete_groups, json_schema
 from sensecf.generate.parser import parse_block
 from sensecf.generate.result import GenRequest, GenResult
+from sensecf.privacy import endpoint_host, is_loopback  # noqa: F401  (the guard's view of base_url)
 from sensecf.spec import DatasetSpec
 
 Constraint = Literal["json_schema", "regex", "none"]
@@ -41,17 +54,16 @@ CONSTRAINTS = ("json_schema", "regex", "none")
 
 
 class EndpointError(RuntimeError):
-    """The endpoint refused the key or the request itself; retrying cannot help."""
+    """The endpoint refused the key, the model, the quota or every request; retrying cannot help."""
 
 
-# Answers no retry can change: a rejected key, model or request.
-_FATAL = (
-    openai.AuthenticationError,
-    openai.PermissionDeniedError,
-    openai.BadRequestError,
-    openai.NotFoundError,
-    openai.UnprocessableEntityError,
-)
+class _BadReply(Exception):
+    """A body that is not a chat completion (a proxy's HTML page, broken JSON)."""
+
+
+# Error codes (or types) meaning the account cannot pay: the run stops with the provider's words.
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+_ROW_REJECTED = (400, 422)  # this one request was refused: its row gets status "error"
 
 
 @dataclass(frozen=True)
@@ -62,9 +74,42 @@ class OpenAIConfig:
     constraint: Constraint = "json_schema"
     concurrency: int = 8
     max_retries: int = 5
-    timeout: float = 120.0
+    timeout: float = 120.0  # seconds per try of one request
     temperature: float = 0.0
     max_tokens: int = 512
+    max_consecutive_failures: int = 20  # requests failing in a row before the run stops
+    send_seed: bool = True  # send GenRequest.seed (it must not identify a window)
+
+
+def _error_body(body) -> dict:
+    """The provider's error object from a response body (OpenAI nests it under "error")."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    return body if isinstance(body, dict) else {}
+
+
+def _is_quota(error: dict) -> bool:
+    return error.get("code") in QUOTA_CODES or error.get("type") in QUOTA_CODES
+
+
+def _provider_message(e: openai.APIStatusError) -> str:
+    message = _error_body(e.body).get("message")
+    return str(message) if message else e.message
+
+
+async def _quota_is_final(response) -> None:
+    """httpx response hook: a 429 for exhausted quota gets `x-should-retry: false`, the header
+    the SDK obeys before its own retry rules, so the SDK's retries (~27 s) are skipped for it and
+    kept for plain rate limits."""
+    if response.status_code != 429:
+        return
+    await response.aread()  # small error body; the SDK reads the same cached bytes
+    try:
+        error = _error_body(json.loads(response.content))
+    except ValueError:
+        return
+    if _is_quota(error):
+        response.headers["x-should-retry"] = "false"
 
 
 @dataclass
@@ -110,8 +155,14 @@ class OpenAIGenerator:
             raise ValueError(f"unknown constraint '{config.constraint}'; choose one of {list(CONSTRAINTS)}")
         if config.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {config.concurrency}")
+        if config.max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures must be >= 1, got {config.max_consecutive_failures}")
+        if not config.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {config.timeout}")
         self.spec = spec
         self.config = config
+        endpoint_host(config.base_url)  # ValueError when base_url names no host
+        self.where = config.base_url or endpoint_host(None)  # how messages name the endpoint
         self.api_key = api_key or os.environ.get(config.api_key_env)
         if not self.api_key:
             raise EndpointError(
@@ -127,19 +178,18 @@ class OpenAIGenerator:
             messages=list(req.messages),
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
-            seed=req.seed,
+            store=False,  # the provider must not keep the prompts (health data)
         )
+        if cfg.send_seed:
+            kwargs["seed"] = req.seed
         if cfg.constraint == "json_schema":
             kwargs["response_format"] = response_format(self.spec, req.factual)
         elif cfg.constraint == "regex":
             kwargs["extra_body"] = {"structured_outputs": {"regex": block_regex(self.spec, req.factual)}}
         return kwargs
 
-    def _result(self, req: GenRequest, content: str | None, refusal: str | None, usage, seconds: float) -> GenResult:
+    def _result(self, req: GenRequest, text: str, usage, seconds: float) -> GenResult:
         extra: dict = {}
-        text = content or ""
-        if refusal:
-            extra["refusal"] = refusal
         parsed = parse_block(self.spec, text, req.factual)
         cf, status = parsed.cf, parsed.status
         if self.config.constraint == "json_schema" and cf is not None:
@@ -176,53 +226,142 @@ class OpenAIGenerator:
         )
 
     async def _one(self, client, gate: asyncio.Semaphore, req: GenRequest) -> GenResult:
+        kwargs = self._request(req)
         async with gate:
             start = time.perf_counter()
-            resp = await client.chat.completions.create(**self._request(req))
+            try:
+                resp = await client.chat.completions.create(**kwargs)
+            except ValueError as e:  # a JSON content type over a body that is not JSON
+                raise _BadReply(f"the reply was not JSON ({e})") from None
             seconds = time.perf_counter() - start
-        message = resp.choices[0].message
-        result = self._result(req, message.content, getattr(message, "refusal", None), resp.usage, seconds)
-        result.extra["finish_reason"] = resp.choices[0].finish_reason
+        if not isinstance(resp, ChatCompletion):  # the SDK hands back text it cannot parse as it is
+            raise _BadReply(f"the reply was not a chat completion: {str(resp)[:80]!r}")
+        usage = getattr(resp, "usage", None)
+
+        def unanswered(status: str, why: str, text: str = "", **extra) -> GenResult:
+            return GenResult(
+                text=text,
+                cf=None,
+                status=status,
+                seconds=seconds,
+                error=why,
+                extra=extra,
+                prompt_tokens=getattr(usage, "prompt_tokens", None),
+                completion_tokens=getattr(usage, "completion_tokens", None),
+            )
+
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            return unanswered("empty", "the reply had no choices")
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            result = unanswered("refusal", str(refusal), text=content or "", refusal=str(refusal))
+        elif not isinstance(content, str) or not content.strip():
+            result = unanswered("empty", "the reply's message had no content")
+        else:
+            result = self._result(req, content, usage, seconds)
+        result.extra["finish_reason"] = getattr(choices[0], "finish_reason", None)
         return result
+
+    def _rejected(self, e: openai.APIStatusError) -> GenResult:
+        """This one request was refused (400/422): its row, with the provider's message."""
+        return GenResult(
+            text="",
+            cf=None,
+            status="error",
+            prompt_tokens=None,
+            completion_tokens=None,
+            error=f"HTTP {e.status_code}: {_provider_message(e)}",
+            extra={"http_status": e.status_code},
+        )
 
     # --- many requests --------------------------------------------------------------------
     async def _indexed(self, client, gate, index: int, req: GenRequest):
         """(index, result, None), or (index, None, error) once the SDK's retries are spent.
-        Errors no retry can fix (key, request) propagate."""
+        Errors that stop the run (key, model, quota) propagate."""
         try:
             return index, await self._one(client, gate, req), None
-        except _FATAL:
-            raise
-        except (openai.APIConnectionError, openai.APIStatusError) as e:  # incl. timeouts, 429, 5xx
+        except openai.APIStatusError as e:
+            if _is_quota(_error_body(e.body)) or e.status_code in (401, 403, 404):
+                raise
+            if e.status_code in _ROW_REJECTED:
+                return index, self._rejected(e), None
+            return index, None, f"{type(e).__name__}: {_provider_message(e)}"  # 429/5xx after retries
+        except (openai.APIConnectionError, _BadReply) as e:  # incl. timeouts
             return index, None, f"{type(e).__name__}: {e}"
 
+    def _stop(self, e: openai.APIStatusError) -> EndpointError:
+        cfg, where = self.config, self.where
+        error = _error_body(e.body)
+        if _is_quota(error):
+            code = error.get("code") or error.get("type")
+            return EndpointError(
+                f"{where} refused for quota or billing (HTTP {e.status_code} {code}): {_provider_message(e)}"
+            )
+        if e.status_code in (401, 403):
+            return EndpointError(
+                f"{where} rejected the API key from ${cfg.api_key_env} (HTTP {e.status_code}): {_provider_message(e)}"
+            )
+        return EndpointError(
+            f"{where} rejected the request for model '{cfg.model}' (HTTP {e.status_code}): {_provider_message(e)}"
+        )
+
     async def _run(self, requests: Sequence[GenRequest], on_result: Callable[[int, GenResult], None] | None):
-        cfg = self.config
-        where = cfg.base_url or "api.openai.com"
+        cfg, where = self.config, self.where
         outcome = BatchOutcome()
         gate = asyncio.Semaphore(cfg.concurrency)
+        failures_in_a_row = 0
+        answered = False  # some request got a real answer: a 400/422 since then is that row's
+        held: list[tuple[int, GenResult]] = []  # 400/422 rows before the first answer
+
+        def keep(index: int, result: GenResult) -> None:
+            outcome.results[index] = result
+            if on_result is not None:
+                on_result(index, result)
+
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"response": [_quota_is_final]})
         async with openai.AsyncOpenAI(
-            api_key=self.api_key, base_url=cfg.base_url, max_retries=cfg.max_retries, timeout=cfg.timeout
+            api_key=self.api_key,
+            base_url=cfg.base_url,
+            max_retries=cfg.max_retries,
+            timeout=cfg.timeout,
+            http_client=http_client,
         ) as client:
             tasks = [asyncio.ensure_future(self._indexed(client, gate, i, r)) for i, r in enumerate(requests)]
             try:
                 for next_done in asyncio.as_completed(tasks):
                     try:
                         index, result, error = await next_done
-                    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                        raise EndpointError(
-                            f"{where} rejected the API key from ${cfg.api_key_env} (HTTP {e.status_code}): {e.message}"
-                        ) from None
-                    except _FATAL as e:
-                        raise EndpointError(
-                            f"{where} rejected the request for model '{cfg.model}' (HTTP {e.status_code}): {e.message}"
-                        ) from None
+                    except openai.APIStatusError as e:
+                        raise self._stop(e) from None
                     if error is not None:
                         outcome.failures.append(Failure(index, error))
+                        failures_in_a_row += 1
+                        if failures_in_a_row >= cfg.max_consecutive_failures:
+                            raise EndpointError(
+                                f"{where}: {failures_in_a_row} requests in a row failed (last: {error}); stopped. "
+                                "Re-run to retry the requests that have no record"
+                            )
                         continue
-                    outcome.results[index] = result
-                    if on_result is not None:
-                        on_result(index, result)
+                    failures_in_a_row = 0
+                    if result.status == "error" and not answered:
+                        held.append((index, result))
+                        if len(held) >= cfg.max_consecutive_failures:
+                            raise EndpointError(
+                                f"{where} rejected the first {len(held)} requests for model '{cfg.model}' "
+                                f"({result.error}); the request itself is wrong, not one row"
+                            )
+                        continue
+                    if not answered and result.status != "error":
+                        answered = True
+                        for held_index, held_result in held:
+                            keep(held_index, held_result)
+                        held.clear()
+                    keep(index, result)
+                for held_index, held_result in held:  # fewer than the bound, and nothing else came back
+                    keep(held_index, held_result)
             finally:
                 for t in tasks:
                     t.cancel()

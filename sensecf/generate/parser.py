@@ -5,11 +5,18 @@ values, a JSON object instead of the block, missing or extra lines. It never rai
 answer becomes (cf or None, status). Numbers are rounded to the feature's display precision;
 features the answer leaves out (or calls "unchanged") take the factual's value, and are listed
 in `filled` so the caller can record them.
+
+A number is usable only if it is finite and |x| <= MAX_MAGNITUDE (1e12): "inf", "nan", a
+400-digit number (which overflows a float) or 1e308 would reach the classifier as infinity
+(tree models cast to float32, whose largest value is ~3.4e38) and stop the whole run. No
+feature of a health dataset comes near 1e12, so such a line makes the answer a parse_error whose
+note names the feature; the rest of the run goes on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +26,10 @@ from sensecf.spec import DatasetSpec, FeatureSpec
 
 _OPEN = re.compile(r"<\s*new\s*>", re.IGNORECASE)
 _CLOSE = re.compile(r"<\s*/\s*new\s*>", re.IGNORECASE)
-_NUMBER = re.compile(r"[-+−]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+# mantissa (thousands or decimal commas allowed), then an optional exponent: 1.2e4, 3E-2
+_NUMBER = re.compile(r"(?P<mantissa>[-+−]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))(?P<exponent>[eE][-+−]?\d+)?")
+_NON_FINITE = re.compile(r"[-+−]?\b(?:inf(?:inity)?|nan)\b", re.IGNORECASE)
+MAX_MAGNITUDE = 1e12  # larger numbers are unusable (see the module docstring)
 _ARROW = re.compile(r"->|→|=>|\bto\b", re.IGNORECASE)
 _UNCHANGED = re.compile(r"\b(unchanged|same|no change|not changed|keep)\b", re.IGNORECASE)
 _LEAD = re.compile(r"^(?:[-*•>#+]+|\d+[.)])\s*")  # bullets, quotes, headings, numbered lists
@@ -59,20 +69,32 @@ class _KeyMatcher:
         return hits.pop() if len(hits) == 1 else None
 
 
+class _Unusable(ValueError):
+    """A line whose number exists but cannot be used (non-finite or absurdly large)."""
+
+
 def _number(text: str) -> float | None:
     if _ARROW.search(text):  # "12.3 -> 10.0": the new value is the last one
         text = _ARROW.split(text)[-1]
     m = _NUMBER.search(text)
     if not m:
+        if _NON_FINITE.search(text):
+            raise _Unusable("not a finite number")
         return None
-    s = m.group().replace("−", "-")
+    s = m["mantissa"].replace("−", "-")
     if "," in s:
         # "1,234.5" / "1,234" are thousands; "12,5" is a decimal comma
         s = s.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", s) else s.replace(",", ".", 1)
+    s += (m["exponent"] or "").replace("−", "-")
     try:
-        return float(s)
+        x = float(s)
     except ValueError:
         return None
+    if not math.isfinite(x):  # a few hundred digits overflow to inf
+        raise _Unusable("not a finite number")
+    if abs(x) > MAX_MAGNITUDE:
+        raise _Unusable(f"magnitude above {MAX_MAGNITUDE:g}")
+    return x
 
 
 def _category(f: FeatureSpec, text: str) -> str:
@@ -160,12 +182,17 @@ def _parse(spec: DatasetSpec, text: str | None, factual: Mapping[str, Any] | Non
     found: dict[str, Any] = {}
     unchanged: set[str] = set()
     bad: list[str] = []
+    unusable: list[str] = []
     for key, raw_value in pairs:
         name = match_key(key)
         if name is None or name in found or name in unchanged:
             continue  # prose, unknown keys, repeated lines: the first mention wins
         f = spec.feature(name)
-        value = _value(f, raw_value)
+        try:
+            value = _value(f, raw_value)
+        except _Unusable as e:
+            unusable.append(f"{f.prompt_name}: {e} ({raw_value.strip()[:40]!r})")
+            continue
         if value is None:
             if _UNCHANGED.search(raw_value):
                 unchanged.add(name)
@@ -173,8 +200,13 @@ def _parse(spec: DatasetSpec, text: str | None, factual: Mapping[str, Any] | Non
                 bad.append(f"{f.prompt_name}: {raw_value.strip()[:40]!r}")
             continue
         found[name] = value
-    if bad:
-        return ParseResult(None, "parse_error", note="unreadable values: " + "; ".join(bad))
+    if bad or unusable:
+        notes = [
+            f"{what}: " + "; ".join(items)
+            for what, items in (("unreadable values", bad), ("unusable numbers", unusable))
+            if items
+        ]
+        return ParseResult(None, "parse_error", note=" | ".join(notes))
     if not any(f.name in found for f in spec.mutable):
         return ParseResult(None, "parse_error", note="no mutable feature found")
     missing = [n for n in spec.names if n not in found]

@@ -19,7 +19,7 @@ class GenRequest:
 class GenResult:
     text: str
     cf: dict[str, Any] | None
-    status: str  # ok | incoherent | parse_error
+    status: str  # ok | incoherent | parse_error | empty | refusal | error (CFRecord.parse_status)
     prompt_tokens: int | None
     completion_tokens: int | None  # answer tokens, forced and sampled
     decode_steps: int | None = None  # forward calls this answer took part in, prefill included
@@ -27,3 +27,4 @@ class GenResult:
     sampled_tokens: int | None = None  # answer tokens chosen by the model
     seconds: float = 0.0  # wall time of this answer (batched: batch wall time / rows)
     extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # refusal: the model's refusal text; error: the provider's message; empty: why
