@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from augment.scenarios import SCENARIOS  # noqa: E402
 from augment.stats import mean_ci  # noqa: E402
+from eval.figures import save_figure  # noqa: E402
 
 
 def _band(ax, xs, values_per_x, label, **style):
@@ -81,9 +82,7 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"CF augmentation under label scarcity ({len(seeds)} seeds, mean ± 95% CI)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150)
 
 
 def plot_fig1(curve: list[dict], path: Path, metric: str = "F1") -> Path:
@@ -102,6 +101,4 @@ def plot_fig1(curve: list[dict], path: Path, metric: str = "F1") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150)

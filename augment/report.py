@@ -8,11 +8,14 @@ checkpoints/<recipe>/, stages.json, every provenance.json) and writes RUN/report
 figures linked relative to it, and RUN/provenance.json. A stage that has not run gives its
 section a "not run" line naming the command that produces it; nothing here fails for a missing
 artifact. Row-level data: report.md holds counts and aggregates only, except the one Table II-style
-example that eval.report already chose (the Intervention section).
+example that eval.report already chose (the Intervention section); for a cohort not marked
+synthetic that example names its window and participant by pseudonym, with no date or hour.
+report.md is written atomically under the run directory's lock, provenance.json last.
 
 With --wandb (default; offline unless WANDB_MODE says otherwise) the aggregates go to one W&B run
 of the experiment's group (stage "report"): classifier metrics, Table III, Table IV and the stage
-times as tables, the figures as images. A W&B Report over the group is built from them
+times as tables, the figures as images, except a per-window figure (Fig. 8) unless
+--wandb-row-level asks for it. A W&B Report over the group is built from them
 (sensecf.wandb_report) and published only when WANDB_MODE=online.
 """
 
@@ -28,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, write_provenance
+from sensecf.atomic import run_lock, write_text
+from sensecf.cli import InputError, run_cli
+from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, file_sha256, write_provenance
 from sensecf.spec import DatasetSpec
 
 CLASSIFIER_METRICS = ["ACC", "PRE", "REC", "F1", "AUC"]
@@ -38,6 +43,7 @@ SECTIONS = [
 ]
 NOT_RUN = "not run"
 # Where the figures live (relative to the run directory), what they show, which command draws them.
+# Fig. 8 plots single windows (a dot per factual): row-level, so it goes to W&B only when asked.
 FIGURES = {
     "fig6": ("eval/fig6.png", "Fig. 6", "how much each method changes each mutable feature (mean |CF − factual| "
                                         "over the training range)", "table3"),
@@ -47,6 +53,7 @@ FIGURES = {
                                            "95% CI over seeds)", "table4"),
     "fig1": ("augment/fig1.png", "Fig. 1", "F1 of four classifiers as both classes' training data shrink", "table4"),
 }
+PER_WINDOW_FIGURES = {"fig8"}
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -289,6 +296,16 @@ def section_intervention(run: RunDir) -> str:
     path = run.eval / "intervention.md"
     if not path.is_file():
         return not_run(run, path, "table3")
+    prov = read_json(run.eval / "provenance.json") or {}
+    # Pseudonymised only if the provenance says so and describes this very file (a run killed
+    # before its provenance leaves an older one behind).
+    pseudonymised = (prov.get("config", {}).get("pseudonymised") is True
+                     and prov.get("outputs", {}).get(path.name) == file_sha256(path))
+    if not run.is_synthetic() and not pseudonymised:
+        # Written while the cohort counted as synthetic: it may name a real window. Never copy it.
+        return (f"_Left out_: `eval/intervention.md` names its window by id (written when the cohort counted as "
+                f"synthetic), and this cohort is not marked synthetic now. Re-run `{commands(run)['table3']}` "
+                "to write a pseudonymised example.\n")
     return demote(path.read_text())
 
 
@@ -423,7 +440,8 @@ def notes(run: RunDir) -> list[str]:
                      "AI-READI results and say nothing about stress in people.")
     elif run.features.is_file():
         items.append("The cohort is **not marked synthetic**. If it is AI-READI data, this report holds aggregates "
-                     "and one example window (Intervention) derived from health data under the data-use agreement.")
+                     "and one example window (Intervention, named by pseudonym, without date or hour) derived "
+                     "from health data under the data-use agreement.")
     methods = set(cf_methods(run)) | set(cf_methods(run, run.cfs / "train"))
     recipes = {p.name for p in run.checkpoints.iterdir()} if run.checkpoints.is_dir() else set()
     small = sorted(m for m in methods | recipes if "smollm" in m.lower())
@@ -550,8 +568,9 @@ def render_report(run: RunDir) -> tuple[str, dict[str, str]]:
 
 
 # --- W&B -----------------------------------------------------------------------------------------
-def wandb_aggregates(run: RunDir) -> tuple[dict, dict[str, pd.DataFrame], dict[str, Path]]:
-    """(scalar metrics, tables, images) for W&B: aggregates only, from the artifacts that exist."""
+def wandb_aggregates(run: RunDir, row_level: bool = False) -> tuple[dict, dict[str, pd.DataFrame], dict[str, Path]]:
+    """(scalar metrics, tables, images) for W&B: aggregates only, from the artifacts that exist;
+    a per-window figure only with `row_level`."""
     metrics, tables, images = {}, {}, {}
     m = read_json(run.classifier / "metrics.json")
     if m:
@@ -566,25 +585,26 @@ def wandb_aggregates(run: RunDir) -> tuple[dict, dict[str, pd.DataFrame], dict[s
     if stages and stages.get("stages"):
         tables["stages"] = pd.DataFrame(stages["stages"])
     for key, (rel, *_) in FIGURES.items():
-        if (run.root / rel).is_file():
+        if (run.root / rel).is_file() and (row_level or key not in PER_WINDOW_FIGURES):
             images[key] = run.root / rel
     return metrics, tables, images
 
 
-def log_to_wandb(run: RunDir) -> str | None:
-    """One W&B run (stage "report") with the aggregates; the W&B Report is built, and saved only
-    when WANDB_MODE=online. Returns the published report's URL, else None."""
+def log_to_wandb(run: RunDir, row_level: bool = False) -> str | None:
+    """One W&B run (stage "report") with the aggregates (and the per-window Fig. 8 only with
+    `row_level`); the W&B Report is built, and saved only when WANDB_MODE=online. Returns the
+    published report's URL, else None."""
     from sensecf.wandb_log import DEFAULT_PROJECT, log_image, log_metrics, log_table, stage_run
     from sensecf.wandb_report import ReportSection, build_wandb_report, publish_wandb_report, workspaces_available
 
-    metrics, tables, images = wandb_aggregates(run)
-    with stage_run(run, "report", {"run": run.root.resolve().name}) as wb:
+    metrics, tables, images = wandb_aggregates(run, row_level)
+    with stage_run(run, "report", {"run": run.root.resolve().name, "row_level": row_level}) as wb:
         if metrics:
             log_metrics(wb, metrics)
         for name, df in tables.items():
             log_table(wb, name, df)
         for name, path in images.items():
-            log_image(wb, name, path)
+            log_image(wb, name, path, per_window=name in PER_WINDOW_FIGURES, log_rows=row_level)
         group = wb.group
     if not workspaces_available():
         typer.echo("wandb-workspaces is not installed: no W&B Report built (the run's tables and images are logged)")
@@ -610,14 +630,17 @@ def log_to_wandb(run: RunDir) -> str | None:
 
 # --- CLI -----------------------------------------------------------------------------------------
 def write_report(run: RunDir, wandb: bool = False) -> tuple[Path, dict[str, str]]:
-    """Write RUN/report.md and RUN/provenance.json; returns the path and the sections that failed."""
-    text, errors = render_report(run)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.report.write_text(text)
-    read = [p for p in [run.quality, run.classifier / "metrics.json", run.eval / "table3.md",
-                        run.eval / "intervention.md", run.augment / "table4.md", run.sft / "summary.json",
-                        run.root / "stages.json"] if p.is_file()]
-    write_provenance(run.root, config={"wandb": wandb, "section_errors": errors}, inputs=read)
+    """Write RUN/report.md and RUN/provenance.json (last) under the run's lock; returns the path and
+    the sections that failed."""
+    if not run.root.is_dir():
+        raise InputError(run.root, None, "run directory not found")
+    with run_lock(run.root):
+        text, errors = render_report(run)
+        write_text(run.report, text)
+        read = [p for p in [run.quality, run.classifier / "metrics.json", run.eval / "table3.md",
+                            run.eval / "intervention.md", run.augment / "table4.md", run.sft / "summary.json",
+                            run.root / "stages.json"] if p.is_file()]
+        write_provenance(run.root, config={"wandb": wandb, "section_errors": errors}, inputs=read)
     return run.report, errors
 
 
@@ -628,23 +651,22 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     run: Path = typer.Option(..., help="run directory (any stages may have run)"),
     wandb: bool = typer.Option(True, help="log the aggregates to W&B (offline unless WANDB_MODE=online)"),
+    wandb_row_level: bool = typer.Option(False, "--wandb-row-level",
+                                         help="also log the per-window Fig. 8 to W&B (off: aggregates only)"),
 ) -> None:
     """Write RUN/report.md from every stage's artifacts; log its aggregates to W&B."""
     run_dir = RunDir(run)
-    if not run_dir.root.is_dir():
-        typer.echo(f"error: {run}: run directory not found", err=True)
-        raise typer.Exit(1)
     path, errors = write_report(run_dir, wandb)
     n_not_run = path.read_text().count(f"_{NOT_RUN}_")
     typer.echo(f"wrote {path} ({n_not_run} missing artifact(s) marked '{NOT_RUN}')")
     for heading, error in errors.items():
         typer.echo(f"warning: {heading} could not be rendered: {error}", err=True)
     if wandb:
-        url = log_to_wandb(run_dir)
+        url = log_to_wandb(run_dir, row_level=wandb_row_level)
         mode = os.environ.get("WANDB_MODE", "offline")
         typer.echo(f"W&B report published: {url}" if url else
                    f"W&B ({mode}): aggregates logged under {run_dir.root / 'wandb'}; the W&B Report is published "
                    "only with WANDB_MODE=online")
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -12,7 +12,8 @@ class, and its factual is a training window kept in that seed's reduced split; e
 is counted by reason in augment/cf_pool.csv. All models are scored on the untouched test split.
 
 Writes RUN/augment/: results.jsonl (one row per fit), table4.{csv,md,tex}, cf_pool.csv,
-fig7.png, fig1.png (+ fig1_results.jsonl), provenance.json.
+fig7.png, fig1.png (+ fig1_results.jsonl), provenance.json: each atomically, under the run
+directory's lock, provenance.json last.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from augment.scenarios import SCENARIOS, ReducedTraining, Scenario, augmentation
 from augment.stats import mean_ci, relative_change
 from eval.baselines import records_dir
 from eval.classifier import classification_metrics, labels_of, split_frames, train_classifier
+from sensecf.atomic import atomic_path, run_lock, write_text
+from sensecf.cli import InputError, run_cli
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
@@ -389,7 +392,8 @@ def pool_summary(pool: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table4(table: pd.DataFrame, out_dir: Path, n_seeds: int, pool: pd.DataFrame | None = None) -> None:
-    table.to_csv(out_dir / "table4.csv", index=False)
+    with atomic_path(out_dir / "table4.csv") as tmp:
+        table.to_csv(tmp, index=False)
     shown = _formatted(table)
     caption = (
         f"Table IV. Baseline: NN on the full training set (mean ± 95% CI half-width over {n_seeds} seeds). "
@@ -402,7 +406,7 @@ def write_table4(table: pd.DataFrame, out_dir: Path, n_seeds: int, pool: pd.Data
             "(per seed in cf_pool.csv; - where a class is not reduced).\n\n"
             + pool_summary(pool).to_markdown(index=False) + "\n"
         )
-    (out_dir / "table4.md").write_text(text)
+    write_text(out_dir / "table4.md", text)
     cols = list(shown.columns)
     lines = [
         r"\begin{table*}[t]",
@@ -415,7 +419,7 @@ def write_table4(table: pd.DataFrame, out_dir: Path, n_seeds: int, pool: pd.Data
     ]
     lines += [" & ".join(_latex_escape(str(v)) for v in row) + r" \\" for row in shown.itertuples(index=False)]
     lines += [r"\hline", r"\end{tabular}", r"\end{table*}"]
-    (out_dir / "table4.tex").write_text("\n".join(lines) + "\n")
+    write_text(out_dir / "table4.tex", "\n".join(lines) + "\n")
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -454,7 +458,7 @@ def load_sources(cf_dir: Path, sources: str) -> dict[str, list[CFRecord]]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         for row in rows:
             fh.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
@@ -478,6 +482,14 @@ def run_scarcity(
     cf_dir: Path | None = None,
 ) -> dict:
     """The whole stage; returns a summary (counts, paths) for the CLI and the benchmark."""
+    if not run.root.is_dir():  # checked before the lock, which would create the folder
+        raise InputError(run.root, None, "run directory not found")
+    with run_lock(run.root):
+        return _run_scarcity(run, sources, ratios, n_seeds, scenarios, table_ratio, jobs, fig1, fig1_fractions,
+                             cf_dir)
+
+
+def _run_scarcity(run, sources, ratios, n_seeds, scenarios, table_ratio, jobs, fig1, fig1_fractions, cf_dir) -> dict:
     from augment.figures import plot_fig1, plot_fig7  # matplotlib only when figures are drawn
 
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -505,7 +517,8 @@ def run_scarcity(
     write_jsonl(out / "results.jsonl", results)
     pool = pd.DataFrame(grid.pool_log, columns=POOL_COLUMNS)
     pool = pool.astype({"eligible_class0": "Int64", "eligible_class1": "Int64"})
-    pool.to_csv(out / "cf_pool.csv", index=False)
+    with atomic_path(out / "cf_pool.csv") as tmp:
+        pool.to_csv(tmp, index=False)
     table = table4(results, list(scenarios), list(records), table_ratio)
     write_table4(table, out, n_seeds, pool)
     plot_fig7(results, out / "fig7.png")
@@ -569,4 +582,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -16,11 +16,22 @@ import pandas as pd  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from eval.metrics import feature_frame  # noqa: E402
+from sensecf.atomic import atomic_path  # noqa: E402
 from sensecf.records import CFRecord  # noqa: E402
 from sensecf.spec import DatasetSpec  # noqa: E402
 
 CLASS_COLOURS = {0: "tab:blue", 1: "tab:red"}
 FIG8_SAMPLE = 200  # factuals per panel, as in the paper's ablation
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """Save atomically (a kill leaves the old image or the new one) and close the figure. The
+    format is named explicitly: matplotlib would read it from the temporary file's suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+    plt.close(fig)
+    return path
 
 
 def _parsed_by_method(records: Sequence[CFRecord]) -> dict[str, list[CFRecord]]:
@@ -70,9 +81,7 @@ def plot_feature_changes(table: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("mean |change| / training range")
     ax.set_title("Mean normalised absolute change per mutable feature")
     fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=130, bbox_inches="tight")
 
 
 def _encode(df: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -126,6 +135,4 @@ def plot_latent_space(
         axes.flat[0].text(0.5, 0.5, "no parsed CFs", ha="center", va="center")
     fig.suptitle("Factuals and CFs in the PCA plane of the training windows' mutable features")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=130)

@@ -1,8 +1,14 @@
 """A Table II-style intervention: one factual predicted class 1 (e.g. high stress) and what the
-best method's CF changes, in words, using each feature's prompt name and unit."""
+best method's CF changes, in words, using each feature's prompt name and unit.
+
+For a cohort not marked synthetic (DESIGN.md "Privacy and safety") the example names its window
+and participant by pseudonym ("window 1", "participant A") and shows no date or hour: a real
+window id holds the participant and the window's start time.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +19,21 @@ from sensecf.records import CFRecord
 from sensecf.spec import DatasetSpec, FeatureSpec
 
 TARGET_CLASS = 1  # the undesired prediction the intervention moves away from
+# The example's stand-ins for real ids: only one window (of one participant) is shown.
+WINDOW_PSEUDONYM, PARTICIPANT_PSEUDONYM = "window 1", "participant A"
+# Dates and times a model might echo in its raw answer: 2023-05-01, 20230501T14, 14:00, 14:00:59.
+DATE_OR_TIME = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}){0,2})?\b|\b\d{8}T\d{2,6}\b|\b\d{1,2}:\d{2}(?::\d{2})?\b"
+)
+
+
+def scrub(text: str, replacements: dict[str, str]) -> str:
+    """`text` with each real id (a whole token, not part of a number) replaced by its pseudonym
+    and every date or time removed."""
+    if replacements:
+        ids = "|".join(re.escape(real) for real in sorted(replacements, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w.])({ids})(?![\w.])", lambda m: replacements[m.group(1)], text)
+    return DATE_OR_TIME.sub("[time removed]", text)
 
 
 def best_method(table: pd.DataFrame) -> str | None:
@@ -47,9 +68,12 @@ def _changed(f: FeatureSpec, before, after) -> bool:
     return str(before) != str(after)
 
 
-def intervention_markdown(records: Sequence[CFRecord], spec: DatasetSpec, table: pd.DataFrame, blackbox) -> str:
+def intervention_markdown(
+    records: Sequence[CFRecord], spec: DatasetSpec, table: pd.DataFrame, blackbox, *, pseudonymise: bool = False
+) -> str:
     """The example as Markdown. The factual is chosen deterministically: among the best method's
-    valid CFs for class-1 factuals, the one with the median distance (ties: smallest window id)."""
+    valid CFs for class-1 factuals, the one with the median distance (ties: smallest window id).
+    With `pseudonymise`, no real id, date or hour is printed (a cohort not marked synthetic)."""
     undesired, desired = spec.label.classes[TARGET_CLASS], spec.label.classes[1 - TARGET_CLASS]
     method = best_method(table)
     if method is None:
@@ -73,11 +97,16 @@ def intervention_markdown(records: Sequence[CFRecord], spec: DatasetSpec, table:
     changed = [f for f in spec.features if _changed(f, r.factual[f.name], r.cf[f.name])]
     changed_names = {f.name for f in changed}
     row = table[(table.method == method) & (table["class"] == TARGET_CLASS)].iloc[0]
+    window, participant = f"`{r.window_id}`", f"`{r.participant_id}`"
+    real_ids = {}
+    if pseudonymise:
+        window, participant = WINDOW_PSEUDONYM, PARTICIPANT_PSEUDONYM
+        real_ids = {r.window_id: window, r.participant_id: participant}
     lines = [
         "# Intervention example (Table II style)",
         "",
         f"Method: **{method}**, the highest validity on windows predicted '{undesired}' in Table III "
-        f"({row.validity:.2f}). Window `{r.window_id}` (participant `{r.participant_id}`) is the median-distance "
+        f"({row.validity:.2f}). Window {window} ({participant}) is the median-distance "
         f"one of its {len(recs)} valid CFs for such windows (distance {dist[pick]:.3f}).",
         "",
         "## Condition",
@@ -104,5 +133,9 @@ def intervention_markdown(records: Sequence[CFRecord], spec: DatasetSpec, table:
         "",
     ]
     if r.raw_text:
-        lines += ["Raw model answer:", "", "```", r.raw_text.strip(), "```", ""]
+        raw = scrub(r.raw_text.strip(), real_ids) if pseudonymise else r.raw_text.strip()
+        lines += ["Raw model answer:", "", "```", raw, "```", ""]
+    if pseudonymise:
+        lines += ["The cohort is not marked synthetic: the window and participant are named by pseudonym, "
+                  "and no date or hour is shown.", ""]
     return "\n".join(lines)

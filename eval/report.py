@@ -6,6 +6,9 @@ Reads RUN/cfs/*.jsonl; writes RUN/eval/: table3.csv / table3.md / table3.tex (me
 (class 0, class 1) x metrics, best per column marked), cf_metrics.csv (the same numbers, one row
 per method and class), fig6.png (+ fig6.csv), fig8.png, intervention.md, provenance.json.
 A method with several candidates per window also gets a "<method>+verified" row.
+
+Every file is written atomically under the run directory's lock, provenance.json last. For a
+cohort not marked synthetic the intervention example shows no real id, date or hour.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from eval.classifier import split_frames
 from eval.figures import feature_change_table, plot_feature_changes, plot_latent_space
 from eval.intervention import intervention_markdown
 from eval.metrics import METRIC_DIRECTIONS, cf_metrics, with_verified
+from sensecf.atomic import atomic_path, run_lock, write_text
 from sensecf.blackbox import BlackBox
+from sensecf.cli import InputError, run_cli
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import RunDir, write_provenance
 
@@ -43,6 +48,9 @@ def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[C
     """Records of RUN/cfs/<method>.jsonl for the given methods (all files when None), and the
     number of records read per file."""
     available = {p.stem: p for p in sorted(run.cfs.glob("*.jsonl"))}
+    if not available:
+        raise FileNotFoundError(f"{run.cfs}: no CF files (*.jsonl); generate CFs first "
+                                f"(python -m eval.baselines --run {run.root}, or python -m eval.generate)")
     wanted = methods or list(available)
     missing = [m for m in wanted if m not in available]
     if missing:
@@ -95,7 +103,8 @@ def write_csv(values: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
     flat.columns = [f"class{c}_{m}" for c, m in values.columns]
     flat["best"] = [";".join(f"class{c}_{m}" for c, m in best.columns if best.loc[method, (c, m)])
                     for method in values.index]
-    flat.reset_index().to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        flat.reset_index().to_csv(tmp, index=False)
     return path
 
 
@@ -158,7 +167,15 @@ def build_report(
 ) -> dict[str, Path]:
     """Compute the metrics of every CF file and write all report artifacts; returns their paths."""
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if not run.root.is_dir():  # checked before the lock, which would create the folder
+        raise InputError(run.root, None, "run directory not found")
+    with run_lock(run.root):
+        return _build_report(run, methods, ynn_k=ynn_k, fig8_sample=fig8_sample)
+
+
+def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sample: int) -> dict[str, Path]:
     df, spec = run.load_cohort()
+    synthetic = run.is_synthetic()
     train, _ = split_frames(df)
     blackbox = BlackBox.load(run.model, spec)
     records, counts = load_cf_files(run, methods)
@@ -170,31 +187,34 @@ def build_report(
     paths = {name: out / name for name in
              ["table3.csv", "table3.md", "table3.tex", "cf_metrics.csv", "fig6.png", "fig6.csv", "fig8.png",
               "intervention.md"]}
-    metrics.to_csv(paths["cf_metrics.csv"], index=False)
+    with atomic_path(paths["cf_metrics.csv"]) as tmp:
+        metrics.to_csv(tmp, index=False)
     values, best = table3(metrics)
     classes = spec.label.classes
     write_csv(values, best, paths["table3.csv"])
-    cohort = "synthetic cohort" if run.is_synthetic() else "cohort (not marked synthetic)"
+    cohort = "synthetic cohort" if synthetic else "cohort (not marked synthetic)"
     verified = sorted({r.method for r in records if r.method.endswith("+verified")})
     notes = [f"# Table III — CF quality per method and factual class ({spec.name}, {cohort})", ""]
     notes += [f"Records read: {', '.join(f'{m} {n}' for m, n in counts.items())}."]
     if verified:
         notes += [f"Raw rows use candidate 0; {', '.join(verified)} pick the valid candidate nearest the factual."]
-    paths["table3.md"].write_text("\n".join(notes) + "\n\n" + markdown_table(values, best, classes))
+    write_text(paths["table3.md"], "\n".join(notes) + "\n\n" + markdown_table(values, best, classes))
     caption = (f"CF quality on {spec.name} for factuals predicted class 0 ({classes[0]}) and class 1 "
                f"({classes[1]}). Bold: best per column.")
-    paths["table3.tex"].write_text(latex_table(values, best, classes, caption))
+    write_text(paths["table3.tex"], latex_table(values, best, classes, caption))
 
     changes = feature_change_table(records, spec)
-    changes.to_csv(paths["fig6.csv"], index_label="method")
+    with atomic_path(paths["fig6.csv"]) as tmp:
+        changes.to_csv(tmp, index_label="method")
     plot_feature_changes(changes, paths["fig6.png"])
     plot_latent_space(records, spec, train, blackbox, paths["fig8.png"], sample=fig8_sample)
-    paths["intervention.md"].write_text(intervention_markdown(records, spec, metrics, blackbox))
+    write_text(paths["intervention.md"],
+               intervention_markdown(records, spec, metrics, blackbox, pseudonymise=not synthetic))
 
-    write_provenance(
+    write_provenance(  # last: it hashes the files above
         out,
         config={"methods": list(counts), "records_per_file": counts, "verified": verified, "ynn_k": ynn_k,
-                "fig8_sample": fig8_sample},
+                "fig8_sample": fig8_sample, "pseudonymised": not synthetic},
         inputs=[run.features, run.spec, run.model, *(run.cf_file(m) for m in counts)],
     )
     return paths
@@ -218,4 +238,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

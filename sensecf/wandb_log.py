@@ -4,10 +4,12 @@
         log_metrics(wb, {"validity": 0.93})
         log_table(wb, "table3", table3_df)
         log_image(wb, "fig6", run.eval / "fig6.png")
+        log_image(wb, "fig8", run.eval / "fig8.png", per_window=True, log_rows=user_asked)
 
 Offline unless WANDB_MODE says otherwise; files go under RUN/wandb/ (`wandb sync` uploads them
 later). Privacy (DESIGN.md): configs lose every key that looks like a secret, console output is
-not captured, and only aggregates are logged unless a caller passes `log_rows=True`.
+not captured, and only aggregates are logged unless a caller passes `log_rows=True` (the user's
+explicit flag): a row-level table, a list of per-row values or a per-window figure is refused.
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ def log_table(wb_run, name: str, df: pd.DataFrame, *, log_rows: bool = False) ->
     wb_run.log({name: wandb.Table(dataframe=df.reset_index(drop=not any(df.index.names)))})
 
 
-def log_image(wb_run, name: str, path: str | Path) -> None:
+def log_image(wb_run, name: str, path: str | Path, *, per_window: bool = False, log_rows: bool = False) -> None:
+    """Log an image; one that plots single windows (`per_window`, e.g. Fig. 8) needs log_rows=True."""
     import wandb
 
+    if per_window and not log_rows:
+        raise RowLevelDataError(f"W&B image '{name}' plots single windows; pass log_rows=True to log it anyway")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image to log to W&B not found")

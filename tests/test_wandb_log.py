@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from sensecf.rundir import RunDir
-from sensecf.wandb_log import RowLevelDataError, log_metrics, log_table, stage_run, strip_secrets
+from sensecf.wandb_log import RowLevelDataError, log_image, log_metrics, log_table, stage_run, strip_secrets
 
 SECRET = "sk-do-not-log-4b1d"
 
@@ -51,3 +51,22 @@ def test_row_level_data_is_refused_without_the_flag(tmp_path):
         with pytest.raises(RowLevelDataError, match="scalars only"):
             log_metrics(wb, {"per_row_validity": [1, 0, 1]})
         log_table(wb, "cfs", rows, log_rows=True)  # explicitly allowed
+
+
+def test_a_per_window_figure_needs_the_flag(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "fig8.png"
+    Image.new("RGB", (4, 4)).save(png)
+    sent = []
+
+    class Recorder:  # what the logger would send, without a W&B run
+        def log(self, data, step=None):
+            sent.extend(data)
+
+    with pytest.raises(RowLevelDataError, match="'fig8' plots single windows"):
+        log_image(Recorder(), "fig8", png, per_window=True)
+    assert sent == []
+    log_image(Recorder(), "fig6", png)  # an aggregate figure
+    log_image(Recorder(), "fig8", png, per_window=True, log_rows=True)  # the user asked
+    assert sent == ["fig6", "fig8"]
