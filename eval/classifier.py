@@ -2,13 +2,14 @@
 
     python -m eval.classifier --run runs/demo [--seed 0]
 
-Writes RUN/classifier/model.skops (skops, no pickle) and RUN/classifier/metrics.json.
+Writes RUN/classifier/model.skops (skops, no pickle) with its type record model.types.json
+(sensecf.blackbox: what a later load may trust), metrics.json, and provenance.json last, so it
+records the sha256 of the model every later stage checks before loading it.
 `train_classifier` and `classification_metrics` are reused by the augmentation stage.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ import pandas as pd
 import typer
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from sensecf.atomic import run_lock, write_json
 from sensecf.blackbox import BlackBox, build_pipeline
+from sensecf.cli import run_cli
 from sensecf.rundir import SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
 
@@ -90,22 +93,23 @@ def _nan_to_none(obj):
     return obj
 
 
-def split_frames(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) rows of a cohort table by its split column."""
+def split_frames(df: pd.DataFrame, source: str | Path = "cohort table") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) rows of a cohort table by its split column; `source` names it in errors."""
     if SPLIT_COL not in df.columns:
-        raise ValueError(f"cohort table has no '{SPLIT_COL}' column")
+        raise ValueError(f"{source}: column '{SPLIT_COL}': missing")
     unknown = sorted(set(df[SPLIT_COL].astype(str)) - {"train", "test"})
     if unknown:
-        raise ValueError(f"cohort column '{SPLIT_COL}' holds {unknown}; expected 'train'/'test'")
+        raise ValueError(f"{source}: column '{SPLIT_COL}': holds {unknown}; expected 'train'/'test'")
     train, test = df[df[SPLIT_COL] == "train"], df[df[SPLIT_COL] == "test"]
     if train.empty or test.empty:
-        raise ValueError(f"cohort needs both splits: {len(train)} train rows, {len(test)} test rows")
+        raise ValueError(f"{source}: column '{SPLIT_COL}': the cohort needs both splits, "
+                         f"got {len(train)} train rows and {len(test)} test rows")
     return train, test
 
 
 def train_and_evaluate(run: RunDir, seed: int = 0) -> dict:
     df, spec = run.load_cohort()
-    train, test = split_frames(df)
+    train, test = split_frames(df, run.features)
     blackbox = train_classifier(train, spec, seed)
     y_test = labels_of(test, spec, f"{run.features} (test)")
     metrics = classification_metrics(y_test, blackbox.predict_proba(test))
@@ -117,11 +121,12 @@ def train_and_evaluate(run: RunDir, seed: int = 0) -> dict:
         model=type(blackbox.pipeline.named_steps["model"]).__name__,
         seed=seed,
     )
-    run.classifier.mkdir(parents=True, exist_ok=True)
-    blackbox.save(run.model)
-    (run.classifier / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
-    write_provenance(run.classifier, config={"seed": seed, "model": metrics["model"]},
-                     inputs=[run.features, run.spec], seed=seed)
+    with run_lock(run.root):
+        blackbox.save(run.model)
+        write_json(run.classifier / "metrics.json", _nan_to_none(metrics), allow_nan=False)
+        # Last: its `outputs` hold the sha256 of model.skops that BlackBox.load checks.
+        write_provenance(run.classifier, config={"seed": seed, "model": metrics["model"]},
+                         inputs=[run.features, run.spec], seed=seed)
     return metrics
 
 
@@ -142,4 +147,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -20,6 +20,8 @@ import typer
 import yaml
 from pydantic import AliasChoices, BaseModel
 
+from sensecf.cli import one_line, run_cli
+
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")  # telemetry otherwise stalls ~10 s offline
 
 
@@ -88,15 +90,24 @@ def unknown_keys(recipe: dict) -> list[str]:
 
 
 def load_recipe(path: str | Path) -> dict:
+    """The recipe file as a mapping; RecipeError naming the file (and the line and column of a
+    YAML error) when it is missing, unreadable, not a mapping or names no `base_model`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e}") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise RecipeError(f"{path}: {where}not valid YAML: {' '.join(str(problem).split())}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(raw).__name__}")
+    if not raw.get("base_model"):
+        raise RecipeError(f"{path}: base_model: missing; name the model to fine-tune (a hub id or a folder)")
     return raw
 
 
@@ -113,11 +124,14 @@ def check_recipe(recipe: dict, name: str = "recipe") -> dict:
     try:
         return dict(validate_config(DictDefault(yaml.safe_load(yaml.safe_dump(recipe)))))
     except (ValidationError, ValueError) as e:
-        raise RecipeError(f"{name}: Axolotl rejects it: {e}") from None
+        raise RecipeError(f"{name}: Axolotl rejects it: {one_line(e)}") from None
 
 
 def main(recipes: list[Path] = typer.Argument(..., help="Axolotl recipe YAML files")) -> None:
-    """Validate recipes with Axolotl's schema and reject keys it does not know."""
+    """Validate recipes with Axolotl's schema and reject keys it does not know.
+
+    Each recipe gets a line: `ok   FILE`, or `error: FILE: ...` (one line). Exit code 2 when any
+    recipe failed (bad input, as for every CLI's error boundary)."""
     failed = 0
     for path in recipes:
         try:
@@ -125,9 +139,9 @@ def main(recipes: list[Path] = typer.Argument(..., help="Axolotl recipe YAML fil
             typer.echo(f"ok   {path}")
         except RecipeError as e:
             failed += 1
-            typer.echo(f"FAIL {e}", err=True)
-    raise typer.Exit(1 if failed else 0)
+            typer.echo(f"error: {one_line(e)}", err=True)
+    raise typer.Exit(2 if failed else 0)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

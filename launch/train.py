@@ -30,6 +30,8 @@ import typer
 import yaml
 
 from launch.recipe_check import RecipeError, check_recipe, load_recipe
+from sensecf.atomic import write_json, write_text
+from sensecf.cli import run_cli
 from sensecf.rundir import RunDir, write_provenance
 
 EMBEDDED_PREFIX = "~/.cache/sensecf/"  # recipes name the cache this way; $SENSECF_CACHE wins
@@ -51,12 +53,21 @@ def _non_empty(path: Path) -> bool:
 
 
 def _parse_sets(items: list[str]) -> dict:
+    """--set key=value pairs; the value is read as YAML (1e-4, true, [a, b]). Only top-level keys:
+    a dotted or indexed key would land in the recipe as an unknown key of that literal name."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+            raise RecipeError(f"--set {item}: expects key=value, e.g. --set learning_rate=1e-4")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise RecipeError(f"--set {item}: '{key}' is not a top-level recipe key (nested keys such as "
+                              "datasets[0].path cannot be set; edit the recipe)")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item}: the value is not valid YAML: {getattr(e, 'problem', e)}") from None
     return out
 
 
@@ -74,6 +85,8 @@ def resolve_recipe(
     cfg = yaml.safe_load(yaml.safe_dump(recipe))  # deep copy
     notes = []
     out_dir = run.checkpoints / name
+    if not cfg.get("base_model"):
+        raise RecipeError(f"{name}: base_model: missing; name the model to fine-tune (a hub id or a folder)")
     cfg["base_model"] = _expand_base_model(str(cfg["base_model"]))
     cfg["output_dir"] = str(out_dir)
     cfg["dataset_prepared_path"] = str(out_dir / "prepared")
@@ -195,25 +208,21 @@ def main(
     run_dir = RunDir(run)
     name = recipe.stem
     out_dir = run_dir.checkpoints / name
-    try:
-        cfg, notes = resolve_recipe(
-            load_recipe(recipe),
-            name,
-            run_dir,
-            max_steps=max_steps,
-            overrides=_parse_sets(set_),
-            deepspeed=deepspeed,
-            wandb_mode=wandb_mode,
-        )
-        check_recipe(cfg, f"{recipe} (resolved for {run_dir.root})")
-    except RecipeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    # A RecipeError (bad recipe, --set or run) ends in one `error:` line, exit code 2 (run_cli).
+    cfg, notes = resolve_recipe(
+        load_recipe(recipe),
+        name,
+        run_dir,
+        max_steps=max_steps,
+        overrides=_parse_sets(set_),
+        deepspeed=deepspeed,
+        wandb_mode=wandb_mode,
+    )
+    check_recipe(cfg, f"{recipe} (resolved for {run_dir.root})")
     for note in notes:
         typer.echo(f"note: {note}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     resolved = out_dir / "recipe.yml"
-    resolved.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_text(resolved, yaml.safe_dump(cfg, sort_keys=False))
     cmd = launch_command(resolved, accelerate_config)
     typer.echo(f"recipe: {resolved}\n$ {' '.join(cmd)}")
     write_provenance(
@@ -230,7 +239,7 @@ def main(
         typer.echo(f"error: training exited with {proc.returncode}", err=True)
         raise typer.Exit(proc.returncode)
     summary = training_summary(out_dir, wall_seconds=round(time.perf_counter() - started, 1))
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "train_summary.json", summary)
     typer.echo(
         f"adapter: {out_dir}  steps {summary.get('global_step')}  "
         f"loss {summary.get('loss_first')} -> {summary.get('loss_last')}"
@@ -238,4 +247,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

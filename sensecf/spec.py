@@ -6,12 +6,21 @@ table + spec runs through pairs, generation, evaluation and augmentation.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sensecf.atomic import write_text
+
+# Columns the cohort table and the CF records add beside the spec's features and label
+# (sensecf.rundir ID_COL, GROUP_COL, SPLIT_COL; records' factual_pred); a feature or label of
+# the same name would be overwritten by them.
+RESERVED_NAMES = ("window_id", "participant_id", "split", "factual_pred")
 
 FeatureKind = Literal["continuous", "integer", "categorical"]
 
@@ -37,6 +46,10 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> FeatureSpec:
+        for bound in ("min", "max"):
+            value = getattr(self, bound)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"feature '{self.name}': '{bound}' is {value}, not a finite number")
         if self.kind == "categorical":
             if not self.categories:
                 raise ValueError(f"feature '{self.name}': categorical needs a non-empty 'categories' list")
@@ -106,12 +119,25 @@ class DatasetSpec(BaseModel):
     @model_validator(mode="after")
     def _check_names(self) -> DatasetSpec:
         seen: set[str] = set()
+        prompt_names: set[str] = set()
         for f in self.features:
             if f.name in seen:
                 raise ValueError(f"features: duplicate feature name '{f.name}'")
+            if f.name in RESERVED_NAMES:
+                raise ValueError(f"feature '{f.name}': the name is reserved for a cohort column {list(RESERVED_NAMES)}")
+            # Answers name features by prompt_name, compared as the parser does (letters and
+            # digits, any case), so two that compare equal could not be told apart.
+            key = re.sub(r"[^a-z0-9]", "", f.prompt_name.lower())
+            if key and key in prompt_names:
+                raise ValueError(f"feature '{f.name}': duplicate prompt_name '{f.prompt_name}'")
             seen.add(f.name)
+            prompt_names.add(key)
         if self.label.name in seen:
             raise ValueError(f"label: '{self.label.name}' is also a feature name")
+        if self.label.name in RESERVED_NAMES:
+            raise ValueError(
+                f"label '{self.label.name}': the name is reserved for a cohort column {list(RESERVED_NAMES)}"
+            )
         grouped: set[str] = set()
         for g in self.groups:
             for m in g.members:
@@ -166,7 +192,10 @@ class DatasetSpec(BaseModel):
         for f in self.features:
             if f.is_numeric:
                 col = pd.to_numeric(train[f.name], errors="raise")
-                f = f.model_copy(update={"min": f.round_value(col.min()), "max": f.round_value(col.max())})
+                low, high = f.round_value(col.min()), f.round_value(col.max())
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    raise SpecError(f"feature '{f.name}': training values span [{low}, {high}], not a finite range")
+                f = f.model_copy(update={"min": low, "max": high})
             feats.append(f)
         return self.model_copy(update={"features": feats})
 
@@ -178,8 +207,13 @@ class DatasetSpec(BaseModel):
             raw = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise SpecError(f"{path}: spec file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"{path}: cannot read the spec file: {e}") from None
         except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e)
+            raise SpecError(f"{path}: {where}not valid YAML: {' '.join(str(problem).split())}") from None
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -189,4 +223,4 @@ class DatasetSpec(BaseModel):
             raise SpecError(f"{path}: invalid spec: {problems}") from None
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -7,6 +7,7 @@ categorical feature, to prove the later stages depend on the spec alone.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,24 @@ def generic_run(tmp_path) -> RunDir:
     rng = np.random.default_rng(11)
     spec = DatasetSpec.model_validate(GENERIC_SPEC)
     return write_cohort(RunDir(tmp_path / "generic"), _generic_frame(rng, 400), spec)
+
+
+# The fault suite's tally (tests/faults/): after the run, how many faults were tried and how
+# each was judged, by its expected outcome (the prefix of the test id).
+def pytest_terminal_summary(terminalreporter):
+    tally: Counter = Counter()
+    for outcome in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "tests/faults/" not in report.nodeid or report.when != "call" and outcome != "error":
+                continue
+            expect = report.nodeid.split("[", 1)[1].split(":", 1)[0] if "[" in report.nodeid else "other"
+            tally[(expect, outcome)] += 1
+    if not tally:
+        return
+    tried = sum(tally.values())
+    handled = sum(v for (_, o), v in tally.items() if o == "passed")
+    kinds = sorted({k for k, _ in tally})
+    terminalreporter.write_sep("-", f"fault suite: {tried} faults tried, {handled} handled as expected")
+    for kind in kinds:
+        failed = tally[(kind, "failed")] + tally[(kind, "error")]
+        terminalreporter.write_line(f"  {kind:8s} passed {tally[(kind, 'passed')]:3d}  failed {failed:3d}")

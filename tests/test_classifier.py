@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.classifier import app, classification_metrics, train_classifier
-from sensecf.blackbox import BlackBox
+from sensecf.blackbox import BlackBox, types_record
 
 
 def test_classification_metrics_by_hand():
@@ -45,7 +46,13 @@ def test_cli_writes_model_metrics_and_provenance(fixture, request):
     test_y = df[df.split == "test"][spec.label.name]
     assert metrics["class_balance"]["test"] == {"0": int((test_y == 0).sum()), "1": int((test_y == 1).sum())}
     assert 0.5 < metrics["ACC"] <= 1  # the fixtures' labels are learnable
-    assert (run.classifier / "provenance.json").exists()
+    # Provenance comes after the model, so it records the sha256 a later load checks, and the
+    # type record names exactly what skops does not trust by default (the MLP's optimiser).
+    outputs = json.loads((run.classifier / "provenance.json").read_text())["outputs"]
+    assert outputs["model.skops"] == hashlib.sha256(run.model.read_bytes()).hexdigest()
+    record = json.loads(types_record(run.model).read_text())
+    assert record["sha256"] == outputs["model.skops"]
+    assert record["untrusted_types"] == ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
 
     # The saved model predicts exactly what the freshly trained one measured.
     loaded = BlackBox.load(run.model, spec)

@@ -53,7 +53,7 @@ def test_missing_and_malformed_files_name_the_path(tmp_path):
         DatasetSpec.from_yaml(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
-    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(SpecError, match="bad.yaml: line 1, column 16: not valid YAML: expected ',' or ']'"):
         DatasetSpec.from_yaml(bad)
 
 

@@ -48,20 +48,20 @@ def test_table_becomes_a_cohort_split_by_group_with_learned_ranges(tmp_path):
 @pytest.mark.parametrize(
     "column, value, message",
     [
-        ("smoker", "sometimes", "column 'smoker' has row 5 value 'sometimes' not in its categories"),
-        ("bp", "high", "column 'bp' is integer but has row 5 value 'high'"),
-        ("bp", 120.5, "column 'bp' is integer but has row 5 value 120.5"),
-        ("disease", 2, "label 'disease' has row 5 value 2"),
+        ("smoker", "sometimes", r"row 5, column 'smoker': value 'sometimes' is not in its categories"),
+        ("bp", "high", r"row 5, column 'bp': value 'high' is not a number \(integer\)"),
+        ("bp", 120.5, r"row 5, column 'bp': value 120.5 is not an integer"),
+        ("disease", 2, r"row 5, column 'disease': label value 2 is not 0 or 1"),
     ],
 )
 def test_values_that_do_not_fit_the_spec_name_column_row_and_value(tmp_path, column, value, message):
     frame = _table()
     frame[column] = frame[column].astype(object)
     frame.loc[5, column] = value
-    with pytest.raises(TableError, match=message):
+    with pytest.raises(TableError, match=r"t\.csv: " + message):
         _build(tmp_path, frame)
 
 
 def test_missing_spec_column_is_named(tmp_path):
-    with pytest.raises(TableError, match=r"columns \['chol'\] named by spec 'toy-heart' are missing"):
+    with pytest.raises(TableError, match=r"t\.csv: columns \['chol'\]: named by spec 'toy-heart' but missing"):
         _build(tmp_path, _table().drop(columns="chol"))
