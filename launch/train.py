@@ -141,6 +141,8 @@ def training_env(cfg: dict, run: RunDir) -> dict[str, str]:
     env["PATH"] = _path_with_venv()  # axolotl spawns `accelerate` by name
     env["AXOLOTL_DO_NOT_TRACK"] = "1"  # telemetry otherwise blocks ~10 s offline
     env.setdefault("WANDB_DIR", str(run.root))
+    # W&B would upload the console (Axolotl prints sample rows and paths); aggregates only.
+    env.setdefault("WANDB_CONSOLE", "off")
     if Path(cfg["base_model"]).is_dir():  # local weights: never wait on the hub
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -24,6 +24,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 # The runner holds the run directory's lock for its stages (its children inherit this).
 HELD_ENV = "SENSECF_RUN_LOCK_HELD"
 
@@ -47,6 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; an artifact is as readable as any file
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

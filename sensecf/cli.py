@@ -30,6 +30,9 @@ class InputError(ValueError):
         self.file, self.where, self.reason = str(file), where, reason
         super().__init__(": ".join(x for x in (self.file, where, reason) if x))
 
+    def __reduce__(self):  # raised in a worker process, it must cross back whole
+        return type(self), (self.file, self.where, self.reason)
+
 
 # What a user's input (or a second writer) can cause: a message, never a traceback. Every other
 # exception is ours.

@@ -351,3 +351,14 @@ def test_merge_lora_sh_needs_a_trained_checkpoint(tmp_path):
     proc = subprocess.run(["bash", "launch/merge_lora.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "needs recipe.yml and adapter_config.json" in proc.stderr
+
+
+def test_training_env_keeps_the_console_and_telemetry_at_home(tmp_path, monkeypatch):
+    """W&B must not upload Axolotl's console (it prints sample rows); telemetry stays off."""
+    from launch.train import training_env
+    from sensecf.rundir import RunDir
+
+    monkeypatch.delenv("WANDB_CONSOLE", raising=False)
+    env = training_env({"base_model": "/models/x"}, RunDir(tmp_path))
+    assert env["WANDB_CONSOLE"] == "off" and env["AXOLOTL_DO_NOT_TRACK"] == "1"
+    assert env["WANDB_DIR"] == str(tmp_path)
