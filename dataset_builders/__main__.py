@@ -1,6 +1,7 @@
 """`python -m dataset_builders <command> ...`: one entry point for the dataset builders.
 
-Each command is its own module with its own --help; this only dispatches.
+Each command is its own module with its own --help and its own error boundary
+(sensecf.cli.run_cli, reached through runpy as `__main__`); this only dispatches.
 """
 
 import runpy
@@ -16,10 +17,14 @@ COMMANDS = {
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        asked_for_help = len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help")
         print("usage: python -m dataset_builders {" + ",".join(COMMANDS) + "} [--help]\n")
         for name, (_, what) in COMMANDS.items():
             print(f"  {name:8s} {what}")
-        sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
+        if len(sys.argv) > 1 and not asked_for_help:
+            print(f"error: python -m dataset_builders: command {sys.argv[1]!r}: unknown; one of {list(COMMANDS)}",
+                  file=sys.stderr)
+        sys.exit(0 if asked_for_help else 2)
     name = sys.argv.pop(1)
     sys.argv[0] = f"python -m dataset_builders {name}"
     runpy.run_module(COMMANDS[name][0], run_name="__main__", alter_sys=True)

@@ -5,12 +5,16 @@
 Writes features.parquet (one row per kept 2-hour window: window_id, participant_id,
 window_start, split, the 12 spec features, high_stress, stress_mean), split.json (by
 participant), spec.yaml (min/max from the training split), quality.json (what was read,
-skipped, repaired and dropped, with counts) and provenance.json.
+skipped, repaired and dropped, with counts; implausible readings under `dropped_readings`,
+see dataset_builders/aireadi_reader.py) and provenance.json.
+
+Each file is written atomically, provenance.json last (it records the others' sha256), under
+the run directory's lock (the folder above --out). Bad input ends in one line,
+`error: <file>: <field or row>: <reason>`, exit code 2.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from multiprocessing import Pool
@@ -22,7 +26,9 @@ import typer
 from tqdm import tqdm
 
 from dataset_builders.aireadi_reader import (
+    DROPPED_READING_REASONS,
     MODALITIES,
+    PLAUSIBILITY_RULES,
     AireadiFormatError,
     ReadLog,
     find_root,
@@ -37,6 +43,8 @@ from dataset_builders.aireadi_reader import (
 )
 from dataset_builders.patient_split import SplitError, assign_split, recommended_split, stratified_split
 from dataset_builders.window_features import DROP_REASONS, LabelRule, participant_windows
+from sensecf.atomic import atomic_path, run_lock, write_json
+from sensecf.cli import run_cli
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, write_provenance
 from sensecf.spec import DatasetSpec
 
@@ -50,7 +58,7 @@ def _participant_task(task: dict) -> dict:
         task["root"], task["pid"], task["tz"], task["manifests"], task["flags"], log, task["count_heart_rate"]
     )
     out = {"pid": task["pid"], "skipped": reason, "quirks": log.quirks, "failures": log.failures,
-           "frame": None, "built": 0, "dropped": Counter()}
+           "dropped_readings": log.dropped, "frame": None, "built": 0, "dropped": Counter()}
     if data is not None:
         out["frame"], out["built"], out["dropped"] = participant_windows(data, task["immutables"], task["rule"],
                                                                           task["spec"])
@@ -67,11 +75,11 @@ def _immutables(participants: pd.DataFrame, spec: DatasetSpec, demographics: dic
         age = pd.to_numeric(getattr(row, "age", ""), errors="coerce")
         group = str(getattr(row, "study_group", "")).strip()
         if pd.isna(age):
-            log.fail(path, f"participant {pid}: age {getattr(row, 'age', None)!r} is not a number")
+            log.fail(path, f"participant {pid}", f"age {getattr(row, 'age', None)!r} is not a number")
             skipped[pid] = "no valid age in participants.tsv"
             continue
         if group not in groups:
-            log.fail(path, f"participant {pid}: study_group {group!r} is not one of {groups}")
+            log.fail(path, f"participant {pid}", f"study_group {group!r} is not one of {groups}")
             skipped[pid] = "unknown study_group in participants.tsv"
             continue
         given = demographics.get(pid, {})
@@ -116,8 +124,8 @@ def build_cohort(
             continue
         tz = participant_timezone(pid, row.get("clinical_site"))
         if tz is None:
-            log.fail(root / "participants.tsv",
-                     f"participant {pid}: no time zone (clinical_site {row.get('clinical_site')!r}, id digit)")
+            log.fail(root / "participants.tsv", f"participant {pid}",
+                     f"no time zone (clinical_site {row.get('clinical_site')!r}, id digit)")
             skipped[pid] = "no time zone"
             continue
         tasks.append({
@@ -127,18 +135,26 @@ def build_cohort(
             "immutables": immutables[pid], "rule": rule, "spec": spec,
         })
 
-    bar = dict(total=len(tasks), desc="participants", unit="pt", disable=not progress, file=sys.stderr)
-    if workers > 1 and len(tasks) > 1:
-        with Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_participant_task, tasks, chunksize=4), **bar))
-    else:
-        results = [_participant_task(t) for t in tqdm(tasks, **bar)]
+    # the bar closes (ending its line) before an error propagates, so the error line stands alone
+    with tqdm(total=len(tasks), desc="participants", unit="pt", disable=not progress, file=sys.stderr) as bar:
+        results = []
+        if workers > 1 and len(tasks) > 1:
+            with Pool(workers) as pool:
+                for res in pool.imap(_participant_task, tasks, chunksize=4):
+                    results.append(res)
+                    bar.update(1)
+        else:
+            for task in tasks:
+                results.append(_participant_task(task))
+                bar.update(1)
 
     frames, quirks, failures = [], Counter(log.quirks), list(log.failures)
     built, dropped = 0, Counter({r: 0 for r in DROP_REASONS})
+    dropped_readings = Counter(dict.fromkeys(DROPPED_READING_REASONS, 0))
     for res in results:
         quirks.update(res["quirks"])
         failures.extend(res["failures"])
+        dropped_readings.update(res["dropped_readings"])
         if res["skipped"]:
             skipped[res["pid"]] = res["skipped"]
             continue
@@ -161,6 +177,8 @@ def build_cohort(
         "windows": {"built": built, "kept": len(frame), "dropped_by_first_reason": dict(dropped),
                     "drop_reason_order": list(DROP_REASONS)},
         "quirks": dict(sorted(quirks.items())),
+        "dropped_readings": dict(dropped_readings),
+        "dropped_readings_rules": PLAUSIBILITY_RULES,
         "failed_files": failures,
         "demographics": {
             "demographics_file": str(demographics_path) if demographics_path else None,
@@ -179,15 +197,17 @@ def build_cohort(
 
 
 def finish_cohort(frame: pd.DataFrame, participants: pd.DataFrame, spec: DatasetSpec, *, use_recommended: bool,
-                  test_fraction: float, seed: int) -> tuple[pd.DataFrame, dict, DatasetSpec]:
+                  test_fraction: float, seed: int, participants_file: str | Path = "participants.tsv",
+                  ) -> tuple[pd.DataFrame, dict, DatasetSpec]:
     """Split by participant, order the columns, learn the spec's ranges from train."""
     if frame.empty:
-        raise AireadiFormatError("no window survived reading and cleaning; see quality.json for why")
+        raise AireadiFormatError(participants_file, "windows", "no window survived reading and cleaning")
     kept = participants[participants["participant_id"].isin(frame[GROUP_COL])].rename(
         columns={"participant_id": GROUP_COL})
     if use_recommended:
         if "recommended_split" not in kept.columns:
-            raise SplitError("participants.tsv has no 'recommended_split' column for --use-recommended-split")
+            raise AireadiFormatError(participants_file, "column 'recommended_split'",
+                                     "missing; --use-recommended-split needs it")
         split = recommended_split(kept)
     else:
         split = stratified_split(kept, test_fraction, seed)
@@ -196,7 +216,8 @@ def finish_cohort(frame: pd.DataFrame, participants: pd.DataFrame, spec: Dataset
     for f in spec.categorical:
         bad = sorted(set(frame[f.name].astype(str)) - set(f.categories))
         if bad:
-            raise AireadiFormatError(f"feature '{f.name}': values {bad} are not among the spec's {f.categories}")
+            raise AireadiFormatError(participants_file, f"feature '{f.name}'",
+                                     f"values {bad} are not among the spec's {f.categories}")
     columns = [ID_COL, GROUP_COL, "window_start", SPLIT_COL, *spec.names, spec.label.name, "stress_mean"]
     frame = frame[columns].sort_values([GROUP_COL, "window_start"], kind="stable").reset_index(drop=True)
     train = frame[frame[SPLIT_COL] == "train"]
@@ -218,7 +239,7 @@ def main(
     root: Path = typer.Option(..., help="AI-READI release folder (participants.tsv here or below, e.g. in dataset/)"),
     out: Path = typer.Option(..., help="output folder, normally RUN/cohort"),
     demographics: Path | None = typer.Option(
-        None, help="controlled-access CSV/TSV with person_id (or participant_id), sex, medication"),
+        None, help="controlled-access CSV/TSV: person_id (or participant_id), sex, and optionally medication"),
     strict: bool = typer.Option(False, help="fail on the first unusable file instead of skipping and counting it"),
     label_scope: str = typer.Option("day", help="stress mean over the participant's local 'day' or the 'window'"),
     stress_threshold: float = typer.Option(75.0, help="high stress = mean stress above this (75 itself is not high)"),
@@ -232,40 +253,55 @@ def main(
 ) -> None:
     if label_scope not in ("day", "window"):
         raise typer.BadParameter(f"--label-scope must be 'day' or 'window', got {label_scope!r}")
+    if out.exists() and not out.is_dir():
+        raise AireadiFormatError(out, "--out", "exists and is not a folder")
     scope: Literal["day", "window"] = label_scope  # type: ignore[assignment]
     rule = LabelRule(scope=scope, threshold=stress_threshold, min_values=min_stress_values)
     base_spec = DatasetSpec.from_yaml(spec)
-    try:
+    with run_lock(out.parent):  # one writer per run directory (--out is RUN/cohort)
         frame, participants, quality = build_cohort(
             root, spec=base_spec, rule=rule, demographics_path=demographics, strict=strict, workers=workers,
             count_heart_rate=count_heart_rate)
+        release_root = Path(quality["root"])
+        if frame.empty:  # say why in the one error line: quality.json is not written without a cohort
+            p, w = quality["participants"], quality["windows"]
+            raise AireadiFormatError(
+                release_root / "participants.tsv", "windows",
+                f"no window survived reading and cleaning (participants skipped: {p['skipped_by_reason']}; "
+                f"windows dropped by first reason: {w['dropped_by_first_reason']}; "
+                f"files not usable: {len(quality['failed_files'])})")
         frame, split, learned = finish_cohort(frame, participants, base_spec, use_recommended=use_recommended_split,
-                                              test_fraction=test_fraction, seed=split_seed)
-    except (AireadiFormatError, SplitError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-
-    release_root = Path(quality["root"])
-    quality["split"] = _split_summary(frame, split, base_spec.label.name)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out / "features.parquet", index=False)
-    (out / "split.json").write_text(json.dumps(split, indent=2))
-    learned.to_yaml(out / "spec.yaml")
-    (out / "quality.json").write_text(json.dumps(quality, indent=2))
-    config = {"label_scope": label_scope, "stress_threshold": stress_threshold, "min_stress_values": min_stress_values,
-              "split_seed": split_seed, "test_fraction": test_fraction, "use_recommended_split": use_recommended_split,
-              "strict": strict, "count_heart_rate": count_heart_rate, "spec": str(spec),
-              "demographics": str(demographics) if demographics else None}
-    write_provenance(
-        out, config=config, seed=split_seed,
-        inputs=[release_root / "participants.tsv", spec, *([demographics] if demographics else [])],
-        source={"synthetic": is_synthetic_release(release_root), "root": str(release_root),
-                "release_version": release_version(release_root)},
-    )
+                                              test_fraction=test_fraction, seed=split_seed,
+                                              participants_file=release_root / "participants.tsv")
+        quality["split"] = _split_summary(frame, split, base_spec.label.name)
+        config = {"label_scope": label_scope, "stress_threshold": stress_threshold,
+                  "min_stress_values": min_stress_values, "split_seed": split_seed, "test_fraction": test_fraction,
+                  "use_recommended_split": use_recommended_split, "strict": strict,
+                  "count_heart_rate": count_heart_rate, "spec": str(spec),
+                  "demographics": str(demographics) if demographics else None}
+        write_cohort(out, frame, split, learned, quality)
+        write_provenance(  # last: it records the sha256 of the files above
+            out, config=config, seed=split_seed,
+            inputs=[release_root / "participants.tsv", spec, *([demographics] if demographics else [])],
+            source={"synthetic": is_synthetic_release(release_root), "root": str(release_root),
+                    "release_version": release_version(release_root)},
+        )
     p, w = quality["participants"], quality["windows"]
     typer.echo(f"{w['kept']} windows from {p['with_windows']} participants ({p['skipped']} skipped, "
                f"{w['built'] - w['kept']} windows dropped) -> {out}")
 
 
+def write_cohort(out: Path, frame: pd.DataFrame, split: dict, spec: DatasetSpec, quality: dict) -> None:
+    """The cohort's files, each atomically. The old provenance goes first, so a kill part-way
+    leaves no provenance vouching for a half-replaced cohort."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "provenance.json").unlink(missing_ok=True)
+    with atomic_path(out / "features.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_json(out / "split.json", split)
+    spec.to_yaml(out / "spec.yaml")  # atomic itself (sensecf.atomic.write_text)
+    write_json(out / "quality.json", quality)
+
+
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

@@ -8,13 +8,37 @@ them; CGM body a bare list (v1) or `body.cgm` (v2/v3); sleep time frames under
 "YYYY-MM-DD HH:MM:SS", both UTC, converted to the participant's local clock.
 
 Every quirk the reader repairs is counted in a `ReadLog`; every file it cannot use either
-raises `AireadiFormatError` naming the file and the reason (strict) or is recorded with its
-reason (lenient). Nothing is dropped without a count.
+raises `AireadiFormatError` naming the file, the place in it and the reason (strict) or is
+recorded with its reason (lenient). Nothing is dropped without a count.
+
+Tables (participants.tsv, the manifests, the demographics file) must have one field per
+header column on every line (a ragged line is an error naming the file and line); extra
+columns are ignored, a missing required column is an error naming it.
+
+Plausibility: readings that parse but cannot be real are dropped and counted per reason in
+`ReadLog.dropped` (quality.json `dropped_readings`), in strict and lenient mode alike:
+- dates: every reading must lie in the study period STUDY_PERIOD (AI-READI began collecting
+  in July 2023 and runs to 2026; a margin on both sides), and a CGM reading within
+  CGM_MAX_DAYS_FROM_MEDIAN days of the participant's median CGM time (a Dexcom G6 session
+  lasts 10 days). CGM readings set the window grid, so one stray date (9999-01-01) would
+  otherwise make it span millennia. Reason `<modality>_date_out_of_range`.
+- glucose outside GLUCOSE_PLAUSIBLE mg/dL (Dexcom reports 40-400 and writes "Low"/"High"
+  beyond; meters read up to 600): `glucose_out_of_range`.
+- steps negative or above STEPS_PER_MINUTE_MAX per minute of the record (a record shorter
+  than a minute counts as one minute; the fastest sprint cadence is ~250/min):
+  `steps_out_of_range`.
+- heart rate (read only with --count-heart-rate) outside HEART_RATE_PLAUSIBLE bpm, the 0
+  "no reading" sentinel aside: `heart_rate_out_of_range`.
+- stress: negative codes and values over 100 become "no value" (counted in the quirks as
+  `stress_sentinel` / `stress_over_100`); sleep and activity intervals with end < start or
+  longer than 24 h are dropped (quirks `bad_intervals_<modality>`).
 """
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import os
 import re
 from collections import Counter
@@ -25,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+
+from sensecf.cli import InputError
 
 LOS_ANGELES = "America/Los_Angeles"
 CHICAGO = "America/Chicago"
@@ -41,6 +67,24 @@ GLUCOSE_HIGH = 401.0
 SLEEP_STAGES = {"awake": 0, "light": 1, "deep": 2, "rem": 3}
 UNKNOWN_STAGE = -1
 MAX_RECORD_SECONDS = 24 * 3600
+
+# Plausibility bounds (module docstring).
+STUDY_PERIOD = (np.datetime64("2023-01-01T00:00:00", "s"), np.datetime64("2028-01-01T00:00:00", "s"))  # [start, end)
+CGM_MAX_DAYS_FROM_MEDIAN = 60
+GLUCOSE_PLAUSIBLE = (20.0, 600.0)  # mg/dL, inclusive; Low/High stand at 39/401 inside it
+STEPS_PER_MINUTE_MAX = 300.0
+HEART_RATE_PLAUSIBLE = (25.0, 250.0)  # bpm, inclusive
+DROPPED_READING_REASONS = (
+    "cgm_date_out_of_range", "activity_date_out_of_range", "sleep_date_out_of_range", "stress_date_out_of_range",
+    "glucose_out_of_range", "steps_out_of_range", "heart_rate_out_of_range",
+)  # fmt: skip
+PLAUSIBILITY_RULES = {
+    "study_period": [str(STUDY_PERIOD[0]), str(STUDY_PERIOD[1]) + " (exclusive)"],
+    "cgm_max_days_from_participant_median": CGM_MAX_DAYS_FROM_MEDIAN,
+    "glucose_mg_dl": list(GLUCOSE_PLAUSIBLE),
+    "steps_per_minute_max": STEPS_PER_MINUTE_MAX,
+    "heart_rate_bpm": list(HEART_RATE_PLAUSIBLE),
+}
 
 
 @dataclass(frozen=True)
@@ -88,27 +132,37 @@ MODALITIES = {
 REQUIRED = ("cgm", "activity", "sleep", "stress")
 
 
-class AireadiFormatError(ValueError):
-    """Input the reader cannot use; the message names the file and the reason."""
+class AireadiFormatError(InputError):
+    """Input the reader cannot use: `AireadiFormatError(file, where, reason)` reads
+    `file: where: reason` (where may be None)."""
+
+    def __reduce__(self):  # rebuilt from its three parts, so a worker process can send it back
+        return type(self), (self.file, self.where, self.reason)
 
 
 @dataclass
 class ReadLog:
-    """Counts of repaired quirks and the files that could not be used."""
+    """Counts of repaired quirks, of implausible readings dropped, and the files that could not be used."""
 
     strict: bool = False
     quirks: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
 
     def count(self, key: str, n: int = 1) -> None:
         if n:
             self.quirks[key] += int(n)
 
-    def fail(self, path: Path | str, reason: str) -> None:
+    def drop(self, reason: str, n: int) -> None:
+        """Readings that parse but cannot be real (module docstring), dropped in either mode."""
+        if n:
+            self.dropped[reason] += int(n)
+
+    def fail(self, path: Path | str, where: str | None, reason: str) -> None:
         """A file (or a record in it) that cannot be used: raise when strict, else record it."""
         if self.strict:
-            raise AireadiFormatError(f"{path}: {reason}")
-        self.failures.append({"path": str(path), "reason": reason})
+            raise AireadiFormatError(path, where, reason)
+        self.failures.append({"path": str(path), "reason": ": ".join(x for x in (where, reason) if x)})
 
 
 # --- release-level files -------------------------------------------------------------------
@@ -117,7 +171,8 @@ def find_root(directory: str | Path, max_depth: int = 6) -> Path:
     fairhub download nests the release under `.../dataset/`)."""
     level = [Path(directory)]
     if not level[0].is_dir():
-        raise AireadiFormatError(f"{directory}: not a directory")
+        reason = "is a file, not a folder" if level[0].exists() else "no such folder"
+        raise AireadiFormatError(directory, "--root", reason)
     for _ in range(max_depth + 1):
         found = sorted(d for d in level if (d / "participants.tsv").is_file())
         if found:
@@ -131,26 +186,75 @@ def find_root(directory: str | Path, max_depth: int = 6) -> Path:
         level = sorted(nxt)
         if not level:
             break
-    raise AireadiFormatError(f"{directory}: no participants.tsv in it or in its subfolders (depth {max_depth})")
+    raise AireadiFormatError(directory, "--root", f"no participants.tsv in it or in its subfolders (depth {max_depth})")
 
 
 def _id_column(columns, path: Path) -> str:
     for name in ("person_id", "participant_id"):
         if name in columns:
             return name
-    raise AireadiFormatError(f"{path}: no 'person_id' (v3) or 'participant_id' (v1/v2) column; got {list(columns)}")
+    raise AireadiFormatError(path, "column 'person_id'",
+                             f"missing (v3; v1/v2 call it 'participant_id'); the columns are {list(columns)}")
+
+
+def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
+    """A delimited text table as strings (tab-separated when the header has a tab, else
+    comma-separated, unless `sep` says), every line checked against the header: a line with
+    more or fewer fields is an error naming the file and line. Blank lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise AireadiFormatError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise AireadiFormatError(path, None, "is a folder, not a file") from None
+    except UnicodeDecodeError as e:
+        raise AireadiFormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+    first_line = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text), delimiter=sep or ("\t" if "\t" in first_line else ","))
+    header = [h.strip() for h in next(reader, [])]
+    if not any(header):
+        raise AireadiFormatError(path, "line 1", "no header row (the file is empty)")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise AireadiFormatError(path, "line 1", f"column names repeated in the header: {twice}")
+    rows = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise AireadiFormatError(path, f"line {reader.line_num}",
+                                     f"{len(row)} fields where the header has {len(header)}")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=header, dtype=str)
+
+
+def require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...], why: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise AireadiFormatError(path, f"column '{missing[0]}'", f"missing; {why}")
+
+
+PARTICIPANT_COLUMNS = ("age", "study_group")  # besides the id column
 
 
 def read_participants(root: Path) -> pd.DataFrame:
     """participants.tsv with the id column normalised to `participant_id` (str) and the
-    datatype flag columns ("TRUE"/"FALSE") as booleans."""
+    datatype flag columns ("TRUE"/"FALSE") as booleans. Columns beyond the required ones are kept
+    and otherwise ignored."""
     path = root / "participants.tsv"
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    df = read_table(path, sep="\t")
     df = df.rename(columns={_id_column(df.columns, path): "participant_id"})
+    require_columns(df, path, PARTICIPANT_COLUMNS, "participants.tsv needs person_id (or participant_id), "
+                    "age and study_group")
+    if df.empty:
+        raise AireadiFormatError(path, "line 2", "no participants listed (the file has only a header)")
     df["participant_id"] = df["participant_id"].str.strip()
+    blank = df.index[df["participant_id"] == ""]
+    if len(blank):
+        raise AireadiFormatError(path, f"line {blank[0] + 2}", "empty participant id")
     dupes = df["participant_id"][df["participant_id"].duplicated()].tolist()
     if dupes:
-        raise AireadiFormatError(f"{path}: participant ids listed twice: {dupes[:10]}")
+        raise AireadiFormatError(path, "column 'participant_id'", f"participant ids listed twice: {dupes[:10]}")
     for flag in {m.datatype for m in MODALITIES.values()}:
         if flag in df.columns:
             df[flag] = df[flag].str.strip().str.upper().map({"TRUE": True, "FALSE": False})
@@ -165,7 +269,7 @@ def read_manifest_paths(root: Path) -> dict[str, dict[str, str | None]]:
         path = root / datatype / "manifest.tsv"
         if not path.is_file():
             continue
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        df = read_table(path, sep="\t")
         ids = df[_id_column(df.columns, path)].str.strip()
         for mod in MODALITIES.values():
             if mod.datatype != datatype:
@@ -262,13 +366,13 @@ def _load_records(path: Path, list_key: str, log: ReadLog) -> tuple[list | None,
     try:
         doc = orjson.loads(path.read_bytes())
     except OSError as e:
-        log.fail(path, f"cannot read: {e.strerror}")
+        log.fail(path, None, f"cannot read: {e.strerror}")
         return None, None
     except orjson.JSONDecodeError as e:
-        log.fail(path, f"not valid JSON: {e}")
+        log.fail(path, f"line {e.lineno} column {e.colno}", f"not valid JSON: {e.msg}")
         return None, None
     if not isinstance(doc, dict):
-        log.fail(path, "top level is not a JSON object")
+        log.fail(path, "top level", "not a JSON object")
         return None, None
     header = doc.get("header") if isinstance(doc.get("header"), dict) else {}
     tz = header.get("timezone")
@@ -281,10 +385,10 @@ def _load_records(path: Path, list_key: str, log: ReadLog) -> tuple[list | None,
     else:
         records = body  # v1 CGM: body is the bare list
     if not isinstance(records, list):
-        log.fail(path, f"no list of records under 'body' (expected body.{list_key} or a bare list)")
+        log.fail(path, "body", f"no list of records (expected body.{list_key} or a bare list)")
         return None, None
     if not records:
-        log.fail(path, "empty list of records")
+        log.fail(path, "body", "empty list of records")
         return None, None
     return records, tz if isinstance(tz, str) else None
 
@@ -298,7 +402,7 @@ def _pluck_slowly(records: list, fields, path: Path, modality: str, log: ReadLog
             out.append(fields(rec))
         except (KeyError, TypeError, AttributeError, IndexError):
             if log.strict:
-                log.fail(path, f"record {i} lacks the expected {modality} fields: {str(rec)[:200]}")
+                log.fail(path, f"record {i}", f"lacks the expected {modality} fields: {str(rec)[:200]}")
             log.count(f"malformed_records_{modality}")
     return out
 
@@ -336,7 +440,8 @@ def parse_utc(stamps: list, path: Path, modality: str, log: ReadLog) -> np.ndarr
     bad = parsed.isna().to_numpy()
     if bad.any():
         if log.strict:
-            log.fail(path, f"timestamp does not parse: {stamps[int(np.argmax(bad))]!r}")
+            at = int(np.argmax(bad))
+            log.fail(path, f"record {at}", f"timestamp does not parse: {stamps[at]!r}")
         log.count(f"bad_timestamps_{modality}", int(bad.sum()))
     return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
 
@@ -383,6 +488,31 @@ def _drop_bad_intervals(start, end, modality: str, log: ReadLog) -> np.ndarray:
     bad = (end < start) | ((end - start).astype(np.int64) > MAX_RECORD_SECONDS)
     log.count(f"bad_intervals_{modality}", int(bad.sum()))
     return ~bad
+
+
+def plausible_dates(times: list[np.ndarray], usable: np.ndarray, modality: str, log: ReadLog,
+                    max_days_from_median: int | None = None) -> np.ndarray:
+    """Mask of the `usable` records whose every time (UTC datetime64[s]) lies in STUDY_PERIOD
+    and, given `max_days_from_median`, within that many days of the median of the first times;
+    the usable records outside are counted as `<modality>_date_out_of_range`."""
+    ok = usable.copy()
+    for t in times:
+        ok &= (t >= STUDY_PERIOD[0]) & (t < STUDY_PERIOD[1])  # NaT compares False
+    if max_days_from_median is not None and ok.any():
+        seconds = times[0].astype(np.int64)
+        median = np.median(seconds[ok])
+        ok &= np.abs(np.where(ok, seconds, median) - median) <= max_days_from_median * 86400
+    log.drop(f"{modality}_date_out_of_range", int((usable & ~ok).sum()))
+    return ok
+
+
+def plausible_values(values: np.ndarray, usable: np.ndarray, low: float, high: float, reason: str,
+                     log: ReadLog) -> np.ndarray:
+    """Mask of the `usable` records whose value lies in [low, high]; the rest counted as `reason`."""
+    with np.errstate(invalid="ignore"):
+        ok = usable & (values >= low) & (values <= high)
+    log.drop(reason, int((usable & ~ok).sum()))
+    return ok
 
 
 @dataclass
@@ -450,10 +580,13 @@ def read_glucose(path: Path, tz: str, log: ReadLog) -> Glucose | None:
     bad_value = np.isnan(value)
     if bad_value.any():
         if log.strict:
-            log.fail(path, f"glucose value is not a number, 'Low' or 'High': {values[int(np.argmax(bad_value))]!r}")
+            at = int(np.argmax(bad_value))
+            log.fail(path, f"record {at}", f"glucose value is not a number, 'Low' or 'High': {values[at]!r}")
         log.count("bad_values_cgm", int(bad_value.sum()))
     utc = parse_utc(stamps, path, "cgm", log)
     ok = ~np.isnat(utc) & ~bad_value
+    ok = plausible_values(value, ok, *GLUCOSE_PLAUSIBLE, "glucose_out_of_range", log)
+    ok = plausible_dates([utc], ok, "cgm", log, CGM_MAX_DAYS_FROM_MEDIAN)
     idx, (time,) = _unique_local([utc[ok]], _zone(header_tz, tz), "cgm", log)
     return Glucose(time, value[ok][idx])
 
@@ -519,6 +652,13 @@ def read_activity(path: Path, tz: str, log: ReadLog) -> Activity | None:
     ok = ~np.isnat(start) & ~np.isnat(end)
     start, end, steps = start[ok], end[ok], steps[ok]
     ok = _drop_bad_intervals(start, end, "activity", log)
+    ok = plausible_dates([start, end], ok, "activity", log)
+    # a plausible step value: 0 .. STEPS_PER_MINUTE_MAX per minute of the record (at least one minute)
+    minutes = np.maximum((end - start).astype(np.int64) / 60.0, 1.0)
+    has_steps = ok & ~np.isnan(steps)
+    with np.errstate(invalid="ignore"):
+        ok &= ~(has_steps & ((steps < 0) | (steps > STEPS_PER_MINUTE_MAX * minutes)))
+    log.drop("steps_out_of_range", int((has_steps & ~ok).sum()))
     idx, (start, end) = _unique_local([start[ok], end[ok]], _zone(header_tz, tz), "activity", log)
     return Activity(start, end, steps[ok][idx])
 
@@ -543,6 +683,7 @@ def read_sleep(path: Path, tz: str, log: ReadLog) -> Sleep | None:
     ok = ~np.isnat(start) & ~np.isnat(end)
     start, end, stage = start[ok], end[ok], stage[ok]
     ok = _drop_bad_intervals(start, end, "sleep", log)
+    ok = plausible_dates([start, end], ok, "sleep", log)
     idx, (start, end) = _unique_local([start[ok], end[ok]], _zone(header_tz, tz), "sleep", log)
     return Sleep(start, end, stage[ok][idx])
 
@@ -569,7 +710,7 @@ def read_stress(path: Path, tz: str, log: ReadLog) -> Stress | None:
     log.count("stress_over_100", int(over.sum()))
     value[sentinel | over] = np.nan
     utc = parse_utc(stamps, path, "stress", log)
-    ok = ~np.isnat(utc) & ~unparseable
+    ok = plausible_dates([utc], ~np.isnat(utc) & ~unparseable, "stress", log)
     idx, (time,) = _unique_local([utc[ok]], _zone(header_tz, tz), "stress", log)
     return Stress(time, value[ok][idx])
 
@@ -584,6 +725,8 @@ def count_heart_rate_zeros(path: Path, log: ReadLog) -> None:
     except (KeyError, TypeError):
         values = [r[0] for r in _pluck_slowly(records, lambda r: (r["heart_rate"]["value"],), path, "heart_rate", log)]
     log.count("hr_zero", sum(1 for v in values if v == 0))
+    bpm = np.array([_number(v) for v in values], dtype=float)
+    plausible_values(bpm, ~np.isnan(bpm) & (bpm != 0), *HEART_RATE_PLAUSIBLE, "heart_rate_out_of_range", log)
 
 
 READERS = {"cgm": read_glucose, "activity": read_activity, "sleep": read_sleep, "stress": read_stress}
@@ -619,7 +762,7 @@ def _read_participant(root, pid, tz, manifests, flags, log, count_heart_rate):
         if path is None:
             log.count(f"missing_files_{modality}")
             if expected:
-                log.fail(standard_path(root, pid, modality), f"{modality} file not found for participant {pid}")
+                log.fail(standard_path(root, pid, modality), None, f"{modality} file not found for participant {pid}")
                 reason = reason or f"{modality} file not found"
             else:
                 reason = reason or f"no {modality} data in the release"
@@ -628,7 +771,7 @@ def _read_participant(root, pid, tz, manifests, flags, log, count_heart_rate):
         if data is None:
             reason = reason or f"{modality} file unusable"
         elif len(data) == 0:
-            log.fail(path, f"no usable {modality} records after cleaning")
+            log.fail(path, None, f"no usable {modality} records after cleaning")
             reason = reason or f"no usable {modality} records"
         parts[modality] = data
     if count_heart_rate:
@@ -649,30 +792,29 @@ MEDICATIONS = ("none", "oral_or_noninsulin_injectable", "insulin", "unknown")
 
 def read_demographics(path: Path) -> dict[str, dict[str, str | None]]:
     """{participant_id: {"sex": ..., "medication": ...}} from the controlled-access file
-    (CSV or TSV with person_id or participant_id, sex, medication); blanks -> None."""
-    try:
-        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise AireadiFormatError(f"{path}: demographics file not found") from None
+    (CSV or TSV with person_id or participant_id, sex and optionally medication); blank cells -> None.
+
+    The `sex` column is required: sex is the reason this file exists (nothing public holds it),
+    so a file without it is a mistake to report, not a cohort to build with sex "unknown" for
+    everyone. Without a `medication` column, medication comes from the cmtrt_* items."""
+    df = read_table(path)
     id_col = _id_column(df.columns, path)
+    require_columns(df, path, ("sex",), "the demographics file needs person_id (or participant_id), sex and "
+                    "optionally medication (leave a cell blank where it is unknown)")
     out: dict[str, dict[str, str | None]] = {}
     for i, row in df.iterrows():
         pid = row[id_col].strip()
+        where = f"row {i + 2} (participant {pid})"
         entry: dict[str, str | None] = {"sex": None, "medication": None}
-        if "sex" in df.columns and row["sex"].strip():
+        if row["sex"].strip():
             sex = SEX_VALUES.get(row["sex"].strip().lower())
             if sex is None:
-                raise AireadiFormatError(
-                    f"{path}: row {i + 2} (participant {pid}): sex {row['sex']!r} is not one of female/male (or f/m)"
-                )
+                raise AireadiFormatError(path, where, f"sex {row['sex']!r} is not one of female/male (or f/m)")
             entry["sex"] = sex
         if "medication" in df.columns and row["medication"].strip():
             med = row["medication"].strip().lower()
             if med not in MEDICATIONS:
-                raise AireadiFormatError(
-                    f"{path}: row {i + 2} (participant {pid}): medication {row['medication']!r} "
-                    f"is not one of {MEDICATIONS}"
-                )
+                raise AireadiFormatError(path, where, f"medication {row['medication']!r} is not one of {MEDICATIONS}")
             entry["medication"] = med
         out[pid] = entry
     return out
@@ -700,14 +842,18 @@ def medication_from_observation(root: Path) -> dict[str, str] | None:
     if not path.is_file():
         return None
     answer_cols = ["value_as_string", "value_source_value", "value_as_number"]
-    df = pd.read_csv(
-        path,
-        dtype=str,
-        keep_default_na=False,
-        usecols=lambda c: c in {"person_id", "participant_id", "observation_source_value", *answer_cols},
-    )
+    try:  # pandas here: the real table has millions of rows
+        df = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            usecols=lambda c: c in {"person_id", "participant_id", "observation_source_value", *answer_cols},
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AireadiFormatError(path, None, " ".join(str(e).split())) from None
     if "observation_source_value" not in df.columns:
-        raise AireadiFormatError(f"{path}: no 'observation_source_value' column to find the cmtrt_* items in")
+        raise AireadiFormatError(path, "column 'observation_source_value'",
+                                 "missing; the cmtrt_* items are found by it")
     id_col = _id_column(df.columns, path)
     item = df["observation_source_value"].str.split(",", n=1).str[0].str.strip().str.lower()
     df = df.assign(item=item)[item.isin(CMTRT_DRUG_ITEMS)]

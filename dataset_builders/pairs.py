@@ -12,6 +12,9 @@ Reads RUN/cohort (training split) and RUN/classifier/model.skops; writes RUN/sft
 Only factuals with a valid teacher CF become pairs; the rest are counted in summary.json.
 Every example must fit `--max-tokens` (512, Table I) in every tokenizer, else the build fails
 naming the longest example.
+
+The build holds the run directory's lock; each file is written atomically and provenance.json
+last. Bad input ends in one line, `error: <file>: <field or row>: <reason>`, exit code 2.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import pandas as pd
 import typer
 
 from prompts.render import apply_chat_template, training_messages
+from sensecf.atomic import atomic_path, run_lock, write_bytes
 from sensecf.blackbox import BlackBox
+from sensecf.cli import run_cli
 from sensecf.models import TOKENIZER_NAMES, load_tokenizer
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
@@ -95,7 +100,7 @@ def _stats(lengths: list[int]) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         for r in rows:
             fh.write(orjson.dumps(r) + b"\n")
 
@@ -110,14 +115,27 @@ def build_pairs(
     max_tokens: int = MAX_TOKENS,
     tokenizers: tuple[str, ...] = TOKENIZER_NAMES,
 ) -> dict:
-    """Build RUN/sft/{train,val,fewshot}.jsonl and summary.json; returns the summary."""
+    """Build RUN/sft/{train,val,fewshot}.jsonl and summary.json under the run's lock; returns the summary."""
+    with run_lock(run.root):
+        return _build_pairs(
+            run,
+            val_fraction=val_fraction,
+            fewshot=fewshot,
+            max_pairs=max_pairs,
+            seed=seed,
+            max_tokens=max_tokens,
+            tokenizers=tokenizers,
+        )
+
+
+def _build_pairs(run: RunDir, *, val_fraction, fewshot, max_pairs, seed, max_tokens, tokenizers) -> dict:
     df, spec = run.load_cohort()
     for col in (ID_COL, GROUP_COL, SPLIT_COL):
         if col not in df.columns:
-            raise PairsError(f"{run.features}: no '{col}' column")
+            raise PairsError(f"{run.features}: column '{col}': missing")
     train = df[df[SPLIT_COL] == "train"].reset_index(drop=True)
     if train.empty:
-        raise PairsError(f"{run.features}: no rows with {SPLIT_COL} == 'train'")
+        raise PairsError(f"{run.features}: column '{SPLIT_COL}': no rows with {SPLIT_COL} == 'train'")
     blackbox = BlackBox.load(run.model, spec)
     rng = np.random.default_rng(seed)
 
@@ -162,12 +180,15 @@ def build_pairs(
             longest[name] = {"window_id": sft_rows[at]["window_id"], "tokens": n_tokens[at]}
             if n_tokens[at] > max_tokens:
                 raise PairsError(
-                    f"example window_id={sft_rows[at]['window_id']} is {n_tokens[at]} {name} tokens, over the "
+                    f"{run.features}: window_id {sft_rows[at]['window_id']}: the example is {n_tokens[at]} {name} "
+                    f"tokens, over the "
                     f"{max_tokens}-token limit (sequence_len); shorten the prompt or the spec's names/categories"
                 )
 
     out = run.sft
     out.mkdir(parents=True, exist_ok=True)
+    # no provenance vouches for a half-replaced folder; it is written again last
+    (out / "provenance.json").unlink(missing_ok=True)
     chat_keys = ("messages", "window_id", "participant_id", "desired_class")
     _write_jsonl(out / "train.jsonl", [{k: r[k] for k in chat_keys} for r in train_rows])
     _write_jsonl(out / "val.jsonl", [{k: r[k] for k in chat_keys} for r in val_rows])
@@ -191,7 +212,7 @@ def build_pairs(
         "token_lengths": lengths,
         "longest": longest,
     }
-    (out / "summary.json").write_text(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    write_bytes(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     write_provenance(
         out,
         config={
@@ -216,18 +237,16 @@ def main(
     max_tokens: int = typer.Option(MAX_TOKENS, help="fail if a rendered example is longer (any tokenizer)"),
 ) -> None:
     """Build SFT pairs (Fig. 4 prompt -> teacher CF block) into RUN/sft/."""
-    try:
-        summary = build_pairs(
-            RunDir(run),
-            val_fraction=val_fraction,
-            fewshot=fewshot,
-            max_pairs=max_pairs,
-            seed=seed,
-            max_tokens=max_tokens,
-        )
-    except (PairsError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    if not run.is_dir():
+        raise PairsError(f"{run}: --run: no such run directory")
+    summary = build_pairs(
+        RunDir(run),
+        val_fraction=val_fraction,
+        fewshot=fewshot,
+        max_pairs=max_pairs,
+        seed=seed,
+        max_tokens=max_tokens,
+    )
     typer.echo(
         f"factuals {summary['factuals']}: teacher valid {summary['teacher_valid']}, invalid "
         f"{summary['teacher_invalid']} {summary['teacher_invalid_reasons']}; dropped by --max-pairs "
@@ -239,4 +258,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_cli(main)

@@ -46,7 +46,7 @@ def recommended_split(participants: pd.DataFrame, column: str = "recommended_spl
     bad = rows[~values.isin(["train", "val", "test"])]
     if len(bad):
         examples = [f"{p}={v!r}" for p, v in zip(bad[GROUP_COL], bad[column], strict=True)][:10]
-        raise SplitError(f"participants.tsv {column}: values must be train/val/test; got {examples}")
+        raise SplitError(f"participants.tsv: column '{column}': values must be train/val/test; got {examples}")
     ids = rows[GROUP_COL].astype(str)
     split = {"train": sorted(ids[values != "test"]), "test": sorted(ids[values == "test"]),
              "method": column, "seed": None}

@@ -29,10 +29,13 @@ Files under DIR (paths in manifests start with "/" and are relative to DIR):
 Not written: the other datatypes (their participants.tsv flags are FALSE) and the SpO2,
 respiratory-rate and calorie Garmin files (their manifest columns read "None").
 Same seed -> byte-identical files (except provenance.json), whatever the number of workers.
+The release is written into a hidden sibling folder and renamed onto DIR when complete, so a
+killed run never leaves a partial release under DIR.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections import Counter
@@ -60,6 +63,7 @@ from dataset_builders.synth_model import (
     simulate,
 )
 from dataset_builders.synth_quirks import INJECTED_MEANING, MODALITIES, STEPS_EMPTY, QuirkRates, inject
+from sensecf.cli import InputError, run_cli
 from sensecf.rundir import write_provenance
 
 DATATYPES = (
@@ -401,14 +405,49 @@ def _root_files(
         pd.DataFrame(demographics).to_csv(out / CONTROLLED_FILE, sep="\t", index=False)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out", "exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise FileExistsError(f"{out}: output directory is not empty (use --force to replace a synthetic release)")
+            raise InputError(out, "--out", "output directory is not empty (use --force to replace a synthetic release)")
         if not (out / RELEASE_FILE).is_file():
-            raise FileExistsError(f"{out}: not empty and holds no {RELEASE_FILE}; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            raise InputError(out, "--out", f"not empty and holds no {RELEASE_FILE}; refusing to delete it")
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh hidden folder beside `out` (same file system, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.*"):  # of writers killed part-way
+        pid = leftover.name[len(out.name) + 2 :].split(".")[0]
+        if leftover.suffix in (".tmp", ".old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Put the complete release at `out`; an old one (or an empty folder) is moved aside, then deleted."""
+    aside = None
+    if out.exists():
+        aside = out.parent / f".{out.name}.{os.getpid()}.old"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(out, aside)
+    os.rename(staging, out)
+    if aside is not None:
+        shutil.rmtree(aside)
 
 
 def write_release(
@@ -426,9 +465,29 @@ def write_release(
     out = Path(out)
     rates = rates or QuirkRates()
     if days < 1:
-        raise ValueError(f"days must be >= 1, got {days}")
+        raise InputError("synth", "--days", f"must be >= 1, got {days}")
     cohort = draw_cohort(participants, seed)
-    _prepare_out(out, force)
+    _check_out(out, force)
+    staging = _staging_dir(out)
+    try:
+        release = _write_release_files(staging, cohort, participants, days, seed, rates, controlled, workers, progress)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return release
+
+
+def _write_release_files(
+    out: Path,
+    cohort: list[Participant],
+    participants: int,
+    days: int,
+    seed: int,
+    rates: QuirkRates,
+    controlled: bool,
+    workers: int,
+    progress: bool,
+) -> dict:
     task = partial(write_participant, days=days, seed=seed, rates=rates, out=out)
     results = []
     with tqdm(total=len(cohort), desc="participants", unit="p", disable=not progress) as bar:
@@ -532,10 +591,7 @@ def main(
         )
     except ValidationError as err:
         raise typer.BadParameter(f"quirk rates: {err}") from err
-    try:
-        release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
-    except (FileExistsError, ValueError) as err:  # bad --out / sizes: a clear message, not a traceback
-        raise typer.BadParameter(str(err)) from err
+    release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
     write_provenance(
         out,
         config={k: v for k, v in release.items() if k != "injected_meaning"},
@@ -549,4 +605,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

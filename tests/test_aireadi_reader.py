@@ -27,6 +27,7 @@ from dataset_builders.aireadi_reader import (
     read_participants,
 )
 from dataset_builders.window_features import LabelRule
+from sensecf.cli import run_cli
 from sensecf.spec import DatasetSpec
 
 SPEC = DatasetSpec.from_yaml(AIREADI_SPEC)
@@ -186,8 +187,20 @@ def test_participants_id_column_person_id_or_participant_id(tmp_path):
     assert read_participants(tmp_path / "b")["participant_id"].tolist() == ["1001"]
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "participants.tsv").write_text("id\tage\n1001\t50\n")
-    with pytest.raises(AireadiFormatError, match="participants.tsv: no 'person_id'"):
+    with pytest.raises(AireadiFormatError, match="participants.tsv: column 'person_id': missing"):
         read_participants(tmp_path / "c")
+
+
+def test_participants_tsv_tolerates_bom_crlf_blank_lines_and_extra_columns(tmp_path):
+    write_release(tmp_path / "r", [person("1001"), person("1002")])
+    text = (tmp_path / "r" / "participants.tsv").read_text().splitlines()
+    rows = [text[0] + "\tnote", text[1] + "\tx", "", text[2] + "\t"]
+    (tmp_path / "r" / "participants.tsv").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n\r\n").encode())
+    table = read_participants(tmp_path / "r")
+    assert table["participant_id"].tolist() == ["1001", "1002"] and table["note"].tolist() == ["x", ""]
+    (tmp_path / "r" / "participants.tsv").write_text("\n".join([rows[0], rows[1], text[2]]) + "\n")
+    with pytest.raises(AireadiFormatError, match=r"participants.tsv: line 3: 8 fields where the header has 9"):
+        read_participants(tmp_path / "r")
 
 
 def test_root_is_found_below_the_download_folder(tmp_path):
@@ -295,7 +308,7 @@ def test_malformed_records_are_counted_or_raise_when_strict(tmp_path):
     log = ReadLog()
     data, _ = read_participant(root, "1001", "America/Los_Angeles", {}, {}, log)
     assert len(data.glucose) == 47 and log.quirks == {"malformed_records_cgm": 1}
-    with pytest.raises(AireadiFormatError, match=r"1001_DEX.json: record 7 lacks the expected cgm fields"):
+    with pytest.raises(AireadiFormatError, match=r"1001_DEX.json: record 7: lacks the expected cgm fields"):
         read_participant(root, "1001", "America/Los_Angeles", {}, {}, ReadLog(strict=True))
 
 
@@ -467,12 +480,15 @@ def test_cli_recommended_split_and_determinism(tmp_path):
     assert split["test"] == ["1001", "1004", "7001", "7004"]  # "val" joins train
 
 
-def test_cli_strict_error_is_a_clear_message(tmp_path):
+def test_cli_strict_error_is_a_clear_message(tmp_path, capsys):
     root = _cohort_release(tmp_path / "rel")
     (root / PATHS["stress"].format(pid="7003")).write_text("{not json")
-    res = _cli(["--root", root, "--out", tmp_path / "out", "--strict"])
-    assert res.exit_code == 1
-    assert "7003_stress.json: not valid JSON" in res.output
+    with pytest.raises(SystemExit) as ended:
+        run_cli(aireadi_main, ["--root", str(root), "--out", str(tmp_path / "out"), "--strict"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert "7003_stress.json: line 1 column 2: not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "features.parquet").exists()
     res = _cli(["--root", root, "--out", tmp_path / "out"])
     assert res.exit_code == 0
     quality = json.loads((tmp_path / "out" / "quality.json").read_text())

@@ -14,6 +14,7 @@ from dataset_builders.pairs import PairsError, build_pairs, main, token_lengths
 from prompts.render import build_messages
 from sensecf.blackbox import BlackBox, build_pipeline
 from sensecf.cfblock import render_block
+from sensecf.cli import run_cli
 from sensecf.models import load_tokenizer
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir
 from sensecf.spec import DatasetSpec
@@ -126,7 +127,8 @@ def test_token_statistics_per_tokenizer(built):
 
 
 def test_too_long_example_fails_naming_it(aireadi_run):
-    with pytest.raises(PairsError, match=r"example window_id=\S+ is \d+ llama3_1 tokens, over the 300-token limit"):
+    with pytest.raises(PairsError, match=r"features.parquet: window_id \S+: the example is \d+ llama3_1 tokens, "
+                                         r"over the 300-token limit"):
         build_pairs(aireadi_run, max_tokens=300, tokenizers=("llama3_1",))
 
 
@@ -156,10 +158,13 @@ def test_generic_spec_runs_through(tmp_path):
     assert summary["written"]["train"] > 0 and summary["token_lengths"]["mistral_v1"]["max"] < 300
 
 
-def test_cli_reports_missing_classifier(tiny_run):
-    result = CliRunner().invoke(_cli(), ["--run", str(tiny_run.root)])
-    assert result.exit_code == 1
-    assert "model.skops: no classifier" in result.output
+def test_cli_reports_missing_classifier(tiny_run, capsys):
+    with pytest.raises(SystemExit) as ended:
+        run_cli(main, ["--run", str(tiny_run.root)])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.skops: no classifier" in err and "Traceback" not in err
+    assert not (tiny_run.sft / "train.jsonl").exists()
 
 
 def test_cli_writes_summary(aireadi_run):

@@ -83,5 +83,6 @@ def test_recommended_split_val_joins_train():
     split = recommended_split(people)
     assert split == {"train": ["1", "2"], "test": ["3", "4"], "method": "recommended_split", "seed": None}
     people.loc[0, "recommended_split"] = ""
-    with pytest.raises(SplitError, match=r"recommended_split: values must be train/val/test; got \[\"1=''\"\]"):
+    with pytest.raises(SplitError, match=r"participants.tsv: column 'recommended_split': values must be "
+                                         r"train/val/test; got \[\"1=''\"\]"):
         recommended_split(people)

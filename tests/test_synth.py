@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from dataset_builders.synth import app, write_release
 from dataset_builders.synth_model import GROUPS, Participant, day_table, draw_cohort, make_grid, simulate
 from dataset_builders.synth_quirks import QuirkRates
+from sensecf.cli import run_cli
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 FLAGS = [
@@ -396,7 +397,7 @@ def test_latent_model_balance_structure_and_learnability():
     assert 0.75 <= roc_auc_score(days.high_stress, scores) <= 0.97, "learnable, not trivially separable"
 
 
-def test_cli_writes_release_with_provenance_and_refuses_a_non_empty_dir(tmp_path):
+def test_cli_writes_release_with_provenance_and_refuses_a_non_empty_dir(tmp_path, capsys):
     out = tmp_path / "rel"
     runner = CliRunner()
     args = ["--participants", "3", "--days", "1", "--seed", "5", "--out", str(out), "--workers", "1"]
@@ -408,10 +409,15 @@ def test_cli_writes_release_with_provenance_and_refuses_a_non_empty_dir(tmp_path
     assert provenance["source"] == {"synthetic": True, "seed": 5} and provenance["seed"] == 5
 
     wide = {"COLUMNS": "1000"}  # keep error messages on one line
-    again = runner.invoke(app, args, env=wide)
-    assert again.exit_code == 2 and "output directory is not empty" in again.output
+    with pytest.raises(SystemExit) as ended:  # through the CLI's error boundary, as `python -m` runs it
+        run_cli(app, args)
+    err = capsys.readouterr().err
+    assert ended.value.code == 2
+    assert err == f"error: {out}: --out: output directory is not empty (use --force to replace a synthetic release)\n"
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0 and (out / "controlled/demographics.tsv").exists()
+    # written beside --out and renamed onto it: no staging or old copy is left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["rel"]
 
     bad = runner.invoke(app, [*args, "--force", "--quirk-rate-duplicate", "1.5"], env=wide)
     assert bad.exit_code == 2 and "duplicate" in bad.output and "less than or equal to 1" in bad.output
