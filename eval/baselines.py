@@ -36,7 +36,10 @@ import typer
 from tqdm import tqdm
 
 from eval.metrics import coherent, distance, feature_frame
+from sensecf import fingerprint
+from sensecf.atomic import run_lock, write_json
 from sensecf.blackbox import BlackBox
+from sensecf.cli import run_cli
 from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
@@ -358,8 +361,7 @@ def select_factuals(
             f"{path} holds a different factual sample; reuse it with --factual-ids {path}, "
             "or delete it (and the records made from it) to draw a new one"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1))
+    write_json(path, {"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1)
     order = {i: k for k, i in enumerate(ids)}
     chosen = pool.assign(factual_pred=predicted)[pool[ID_COL].astype(str).isin(order)]
     chosen = chosen.sort_values(ID_COL, key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
@@ -374,15 +376,37 @@ def run_baselines(
     n: int = 200,
     factual_ids: list[str] | None = None,
     cfg: BaselineConfig = BaselineConfig(),
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Run each method on the shared sample; returns {method: {status: count}} plus failures."""
+    with run_lock(run.root):
+        return _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, progress)
+
+
+def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str]) -> dict:
+    """A baseline CF file's fingerprint: its search settings, classifier, cohort and factual set."""
+    settings = {"seed": cfg.seed, "timeout_seconds": cfg.timeout_seconds}
+    if method.startswith("cfnow"):
+        settings.update(cfnow_seconds=cfg.cfnow_seconds, cfnow_strategy=cfg.cfnow_strategy)
+    elif method.startswith("nice"):
+        settings.update(nice_optimization=cfg.nice_optimization)
+    elif method == "teacher":
+        settings.update(teacher_per_factual=cfg.teacher_per_factual)
+    return fingerprint.cf_parts(run, {"method": method, **settings}, ids)
+
+
+def _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, progress) -> dict:
     chosen, spec, blackbox, train, note = select_factuals(run, split, n, cfg.seed, factual_ids)
     out_dir = records_dir(run, split)
     wanted = set(chosen[ID_COL].astype(str))
     summary: dict = {"split": split, "n_factuals": len(chosen), "sample": note, "methods": {}, "failed_methods": {}}
+    ids = read_factual_ids(factuals_file(run, split))
     for method in methods:
-        with RecordWriter(out_dir / f"{method}.jsonl") as writer:
+        parts = method_parts(run, method, cfg, ids)
+        with RecordWriter(out_dir / f"{method}.jsonl", parts, overwrite=overwrite) as writer:
+            if writer.moved_aside:
+                summary.setdefault("moved_aside", {})[method] = str(writer.moved_aside)
             todo = [
                 base_record(method, row, native_values(spec, row), int(row["factual_pred"]))
                 for _, row in chosen.iterrows()
@@ -445,6 +469,7 @@ def main(
     teacher_per_factual: int = typer.Option(
         1, min=1, help="teacher: CFs per factual, from its nearest valid neighbours (augmentation); others write one"
     ),
+    overwrite: bool = typer.Option(False, help="records made with other settings: move them aside and start afresh"),
     quiet: bool = typer.Option(False, help="no progress bars"),
     wandb: bool = typer.Option(True, help="log status counts and seconds per CF to W&B (offline by default)"),
 ) -> None:
@@ -455,7 +480,10 @@ def main(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     cfg = BaselineConfig(seed, cfnow_seconds, cfnow_strategy, nice_optimization, timeout_seconds, teacher_per_factual)
-    summary = run_baselines(RunDir(run), names, split=split, n=n, factual_ids=ids, cfg=cfg, progress=not quiet)
+    summary = run_baselines(RunDir(run), names, split=split, n=n, factual_ids=ids, cfg=cfg, overwrite=overwrite,
+                            progress=not quiet)
+    for method, moved in summary.get("moved_aside", {}).items():
+        typer.echo(f"{method}: the records made with other settings were moved to {moved}")
     for cls, c in summary["sample"].items():
         if isinstance(c, dict) and c["taken"] < c["wanted"]:
             typer.echo(f"note: {cls} has only {c['available']} predicted windows in '{split}'; took all of them")
@@ -475,4 +503,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -16,7 +16,15 @@ Records of the test split go to RUN/cfs/<method>.jsonl, of another split to
 RUN/cfs/<split>/<method>.jsonl; re-running skips records already written, so a killed run
 resumes with nothing lost or duplicated. --candidates K samples K answers per factual
 (candidate 0..K-1; eval.metrics.verified_records picks the nearest valid one).
-The openai backend refuses a cohort not marked synthetic unless --allow-external-api.
+
+A CF file is resumed only by the settings that began it (its fingerprint: decoding options,
+model and adapter hashes, classifier, cohort, prompt templates, few-shot pool, factual set);
+other settings stop with a message naming what changed, or --overwrite moves the old file
+aside (never deleted) and starts afresh. One writer per file (FILE.lock).
+
+The openai backend sends rows only to a loopback server, or for a cohort whose content is
+marked synthetic, or to the host named by --allow-external-api HOST; its request seeds are
+keyed with the run's secret (sensecf.privacy), never derived from a window id alone.
 """
 
 from __future__ import annotations
@@ -34,10 +42,21 @@ from tqdm import tqdm
 
 from eval.baselines import factuals_file, immutables_kept, native_values, read_factual_ids, records_dir, sample_factuals
 from prompts.render import apply_chat_template, build_messages
+from sensecf import fingerprint, privacy
+from sensecf.atomic import run_lock, write_json
 from sensecf.blackbox import BlackBox
+from sensecf.cli import run_cli
 from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT_TEMPLATES = REPO / "prompts" / "templates"
+# Options that change what an answer is (the fingerprint); batch size, device, concurrency,
+# retries and timeouts change only how fast it comes.
+HF_ANSWER_OPTIONS = {"enforcer": "xgrammar", "free": False, "jump_forward": True, "bound_groups": True,
+                  "temperature": 0.0, "max_new_tokens": 256}  # with the defaults of an option left out
+OPENAI_ANSWER_OPTIONS = ("model", "base_url", "constraint", "temperature", "max_tokens", "send_seed")
 
 
 class GenerateError(ValueError):
@@ -67,8 +86,7 @@ def choose_factuals(
         ids, source = read_factual_ids(shared), str(shared)
     else:
         ids, note = sample_factuals(pool, predicted, n, seed)
-        shared.parent.mkdir(parents=True, exist_ok=True)
-        shared.write_text(json.dumps({"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1))
+        write_json(shared, {"split": split, "seed": seed, "n": n, "note": note, "window_ids": ids}, indent=1)
         source = f"sampled (seed {seed}) -> {shared}"
     known = set(pool[ID_COL].astype(str))
     missing = [i for i in ids if i not in known]
@@ -133,7 +151,13 @@ def row_seed(seed: int, window_id: str, candidate: int) -> int:
 
 # --- records ----------------------------------------------------------------------------------
 def make_records(spec, blackbox, method, jobs, results, extra) -> list[CFRecord]:
-    """CF records for finished jobs; the black box predicts every parsed CF in one call."""
+    """CF records for finished jobs; the black box predicts every parsed CF in one call. A CF
+    with a non-finite number (a parser that let one through) is that row's parse error, never a
+    crash of the whole batch."""
+    for res in results:
+        if res.cf is not None and not _finite(res.cf):
+            res.extra["parse_note"] = "non-finite number in the answer"
+            res.cf, res.status = None, "parse_error"
     cfs = [r.cf for r in results if r.cf is not None]
     preds = iter(blackbox.predict(cfs).tolist() if cfs else [])
     out = []
@@ -154,6 +178,7 @@ def make_records(spec, blackbox, method, jobs, results, extra) -> list[CFRecord]
                 immutables_ok=immutables_kept(spec, factual, res.cf) if res.cf is not None else None,
                 cf_pred=int(next(preds)) if res.cf is not None else None,
                 seconds=res.seconds,
+                error=res.error,
                 prompt_tokens=res.prompt_tokens,
                 completion_tokens=res.completion_tokens,
                 decode_steps=res.decode_steps,
@@ -161,6 +186,35 @@ def make_records(spec, blackbox, method, jobs, results, extra) -> list[CFRecord]
             )
         )
     return out
+
+
+def _finite(cf: dict) -> bool:
+    return all(np.isfinite(v) for v in cf.values() if isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def record_parts(run: RunDir, backend: str, ids_file: Path, seed: int, fewshot: int, hf: dict, api: dict) -> dict:
+    """What makes this method's answers what they are (the CF file's fingerprint)."""
+    if backend == "hf":
+        options = {k: hf.get(k, default) for k, default in HF_ANSWER_OPTIONS.items()}
+        config = {"backend": "hf", "seed": seed, "fewshot": fewshot, **options}
+        from sensecf.models import embedded_model_dir
+
+        model_dir = Path(hf["model"]) if hf.get("model") else embedded_model_dir()
+        adapter = Path(hf["adapter"]) if hf.get("adapter") else None
+        models = {
+            "model": fingerprint.tree_hash(model_dir, "*.safetensors"),
+            "model_config": fingerprint.artifact_hash(model_dir / "config.json"),
+            "adapter": fingerprint.artifact_hash(adapter / "adapter_model.safetensors") if adapter else None,
+            "adapter_config": fingerprint.artifact_hash(adapter / "adapter_config.json") if adapter else None,
+        }
+    else:
+        options = {k: api.get(k) for k in OPENAI_ANSWER_OPTIONS}
+        config = {"backend": "openai", "seed": seed, "fewshot": fewshot, **options}
+        models = {}
+    return fingerprint.cf_parts(
+        run, config, read_factual_ids(ids_file), prompts=PROMPT_TEMPLATES,
+        fewshot_pool=run.sft / "fewshot.jsonl" if fewshot else None, **models,
+    )
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -179,10 +233,12 @@ def generate(
     batch_size: int = 16,
     hf_options: dict | None = None,
     openai_options: dict | None = None,
-    allow_external_api: bool = False,
+    allow_external_api: str | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Write the records still missing; returns a summary (counts, timings, failures)."""
+    """Write the records still missing; returns a summary (counts, timings, failures).
+    allow_external_api: the remote host that may receive a non-synthetic cohort's rows."""
     hf, api = dict(hf_options or {}), dict(openai_options or {})
     temperature = float((hf if backend == "hf" else api).get("temperature", 0.0))
     if backend not in ("hf", "openai"):
@@ -191,22 +247,38 @@ def generate(
         raise GenerateError(f"--candidates must be >= 1, got {candidates}")
     if candidates > 1 and temperature <= 0:
         raise GenerateError(f"--candidates {candidates} needs --temperature > 0 (greedy answers are all the same)")
-    if backend == "openai" and not run.is_synthetic() and not allow_external_api:
-        raise GenerateError(
-            f"{run.cohort}: the cohort is not marked synthetic; the openai backend sends its rows to "
-            f"{api.get('base_url') or 'api.openai.com'}. Pass --allow-external-api if your data-use agreement allows it"
-        )
+    if backend == "openai":
+        try:
+            privacy.check_endpoint(api.get("base_url"), synthetic=run.is_synthetic(),
+                                   allowed_host=allow_external_api, cohort=run.cohort)
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
+    with run_lock(run.root):
+        return _generate_locked(run, method, backend, split, n, seed, factuals, candidates, desired_class, fewshot,
+                                batch_size, hf, api, overwrite, progress)
+
+
+def _generate_locked(run, method, backend, split, n, seed, factuals, candidates, desired_class, fewshot, batch_size,
+                     hf, api, overwrite, progress) -> dict:
+    temperature = float((hf if backend == "hf" else api).get("temperature", 0.0))
     chosen, spec, blackbox, ids_file, source = choose_factuals(run, split, n, seed, factuals, desired_class)
     examples = fewshot_examples(run, fewshot, spec)
     path = records_dir(run, split) / f"{method}.jsonl"
     summary: dict = {"method": method, "backend": backend, "factuals": len(chosen), "factuals_from": source}
-    with RecordWriter(path) as writer:
+    parts = record_parts(run, backend, ids_file, seed, fewshot, hf, api)
+    # A provider sees a keyed seed (unlinkable to the window); local sampling keeps the plain one.
+    secret = privacy.run_secret(run.root) if backend == "openai" else None
+    with RecordWriter(path, parts, overwrite=overwrite) as writer:
+        if writer.moved_aside:
+            summary["moved_aside"] = str(writer.moved_aside)
         jobs = []
         for _, row in chosen.iterrows():
             factual = native_values(spec, row)
+            window = str(row[ID_COL])
             for c in range(candidates):
-                if not writer.is_done(str(row[ID_COL]), method, c):
-                    jobs.append((row, factual, c, row_seed(seed, str(row[ID_COL]), c)))
+                if not writer.is_done(window, method, c):
+                    s = privacy.keyed_seed(secret, seed, window, c) if secret else row_seed(seed, window, c)
+                    jobs.append((row, factual, c, s))
         summary["already_done"] = len(chosen) * candidates - len(jobs)
         bar = tqdm(total=len(jobs), desc=method, unit="cf", disable=not progress)
         extra = {"backend": backend, "temperature": temperature, "fewshot": fewshot}
@@ -234,6 +306,7 @@ def generate(
     inputs = [run.features, run.spec, run.model, ids_file, run.sft / "fewshot.jsonl" if fewshot else None]
     if hf.get("adapter"):
         inputs.append(Path(hf["adapter"]) / "adapter_model.safetensors")
+    config["fingerprint"] = fingerprint.digest(parts)
     write_provenance(path.parent / "generate" / method, config=config, inputs=[p for p in inputs if p], seed=seed)
     return summary
 
@@ -256,13 +329,14 @@ def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, wri
     if not jobs:
         return []
     model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"))
+    opts = {**HF_ANSWER_OPTIONS, **opts}
     config = DecodeConfig(
-        constrained=not opts.get("free", False),
-        enforcer=opts.get("enforcer", "xgrammar"),
-        jump_forward=opts.get("jump_forward", True),
-        temperature=float(opts.get("temperature", 0.0)),
-        max_new_tokens=int(opts.get("max_new_tokens", 256)),
-        bound_groups=opts.get("bound_groups", True),
+        constrained=not opts["free"],
+        enforcer=opts["enforcer"],
+        jump_forward=opts["jump_forward"],
+        temperature=float(opts["temperature"]),
+        max_new_tokens=int(opts["max_new_tokens"]),
+        bound_groups=opts["bound_groups"],
     )
     generator = HFGenerator(model, tokenizer, spec, config)
     extra = {**extra, "model": str(opts.get("model") or "embedded:smollm2"), "adapter": opts.get("adapter")}
@@ -335,7 +409,11 @@ def main(
     constraint: str = typer.Option("json_schema", help="openai: json_schema (GPT-4o), regex (vLLM) or none"),
     concurrency: int = typer.Option(8, help="openai: requests in flight"),
     max_retries: int = typer.Option(5, help="openai: SDK retries for 429/5xx/timeouts"),
-    allow_external_api: bool = typer.Option(False, help="openai: allow sending a non-synthetic cohort"),
+    timeout: float = typer.Option(120.0, help="openai: seconds to wait for one answer"),
+    allow_external_api: str | None = typer.Option(
+        None, metavar="HOST", help="openai: the remote host that may receive a cohort not marked synthetic"
+    ),
+    overwrite: bool = typer.Option(False, help="records made with other settings: move them aside and start afresh"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Generate CFs for the shared factuals and write CF records."""
@@ -360,6 +438,7 @@ def main(
             constraint=constraint,
             concurrency=concurrency,
             max_retries=max_retries,
+            timeout=timeout,
             temperature=temperature,
         )
     )
@@ -379,17 +458,21 @@ def main(
             hf_options=hf,
             openai_options=api,
             allow_external_api=allow_external_api,
+            overwrite=overwrite,
             progress=not quiet,
         )
-    except (ValueError, EndpointError, FileNotFoundError) as e:  # bad input: a message, not a traceback
+    except EndpointError as e:  # the endpoint refused the key, the model or the account's quota
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
+
     status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
     typer.echo(
         f"{method}: {summary['records']} records ({status}); {summary['written']} new, {summary['already_done']} "
         f"already done; {summary['immutables_violated']} immutable violations; "
         f"{summary['seconds_per_cf'] or 0:.2f} s per CF -> {summary['file']}"
     )
+    if summary.get("moved_aside"):
+        typer.echo(f"the records made with other settings were moved to {summary['moved_aside']}")
     if summary["failed"]:
         typer.secho(f"{len(summary['failed'])} requests failed after retries (not written; re-run to retry):", err=True)
         for f in summary["failed"][:10]:
@@ -398,4 +481,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -31,8 +31,20 @@ def changed_parts(old: dict, new: dict) -> list[str]:
         s = json.dumps(v, sort_keys=True, default=str)
         return s if len(s) <= 60 else s[:57] + "..."
 
+    old, new = _flat(old), _flat(new)
     keys = sorted(set(old) | set(new))
     return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _flat(parts: dict, prefix: str = "") -> dict:
+    """{"config": {"temperature": 0}} -> {"config.temperature": 0}, so a message names the leaf."""
+    out = {}
+    for k, v in parts.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def sha256_file(path: str | Path) -> str:

@@ -321,4 +321,6 @@ def info_cmd() -> None:
 
 
 if __name__ == "__main__":
-    app()
+    from sensecf.cli import run_cli
+
+    run_cli(app)

@@ -5,7 +5,6 @@ Layout (DESIGN.md): cohort/ classifier/ sft/ checkpoints/ cfs/ eval/ augment/ re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from sensecf.atomic import write_json
+from sensecf.fingerprint import sha256_file as file_sha256  # noqa: F401 (stages import it from here)
 from sensecf.spec import DatasetSpec
 
 # Column names of the cohort table (features.parquet) besides the spec's features and label.
@@ -117,14 +117,6 @@ class RunDir:
             return False
         recorded = record.get("outputs", {}).get(self.features.name)
         return record.get("source", {}).get("synthetic") is True and recorded == file_sha256(self.features)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git_commit() -> str | None:

@@ -117,6 +117,29 @@ def tiny_run(tmp_path) -> RunDir:
     return write_cohort(RunDir(tmp_path / "run"), _aireadi_frame(rng, 30, 20), DatasetSpec.from_yaml(AIREADI_SPEC))
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-init Llama with SmolLM2's real tokenizer, saved as a transformers folder."""
+    from test_hf_backend import tiny_llama
+
+    from sensecf.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2")
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def trained_run(tiny_run) -> RunDir:
+    """`tiny_run` with its classifier trained (seed 0)."""
+    from eval.classifier import train_and_evaluate
+
+    train_and_evaluate(tiny_run, seed=0)
+    return tiny_run
+
+
 @pytest.fixture
 def generic_run(tmp_path) -> RunDir:
     """A non-AI-READI spec (toy heart disease) with a mutable categorical feature."""

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_hf_backend import tiny_llama
 
 from eval.baselines import sample_factuals
-from eval.classifier import train_and_evaluate
 from eval.generate import GenerateError, balanced_head, generate, row_seed
 from sensecf.blackbox import BlackBox
-from sensecf.models import load_tokenizer
 from sensecf.records import read_records
 from sensecf.rundir import ID_COL, SPLIT_COL
 
@@ -24,18 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tokenizer = load_tokenizer("smollm2")
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture
-def run(tiny_run):
-    train_and_evaluate(tiny_run, seed=0)
-    return tiny_run
+def run(trained_run):
+    return trained_run
 
 
 def options(model_dir, **kw):

@@ -23,7 +23,9 @@ import pandas as pd
 import pytest
 import skops.io as sio
 import yaml
+from conftest import GENERIC_SPEC
 from harness import Fault, Outcome, assert_one_line_error, params, run_module
+from test_table_cohort import _table as table_frame
 
 from dataset_builders.table import TableError, build_table_cohort
 from dataset_builders.table import main as table_main
@@ -37,17 +39,7 @@ from sensecf.rundir import write_provenance
 from sensecf.spec import DatasetSpec, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC_RAW = {
-    "name": "toy-heart",
-    "label": {"name": "disease", "classes": {0: "no disease", 1: "disease"}},
-    "features": [
-        {"name": "chol", "prompt_name": "Cholesterol", "kind": "continuous", "mutable": True, "decimals": 1},
-        {"name": "bp", "prompt_name": "Blood pressure", "kind": "integer", "mutable": True},
-        {"name": "smoker", "prompt_name": "Smoker", "kind": "categorical", "mutable": True,
-         "categories": ["no", "yes"]},
-        {"name": "age", "prompt_name": "Age", "kind": "integer", "mutable": False},
-    ],
-}
+SPEC_RAW = GENERIC_SPEC  # the toy heart-disease spec of tests/conftest.py
 SPEC = DatasetSpec.model_validate(SPEC_RAW)
 ADAM = "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"
 SGD = "sklearn.neural_network._stochastic_optimizers.SGDOptimizer"
@@ -289,14 +281,7 @@ def test_spec_faults(fault, tmp_path):
 
 # --- the table builder --------------------------------------------------------------------------
 def _table(n: int = 20) -> pd.DataFrame:
-    return pd.DataFrame({
-        "pid": [f"p{i // 2}" for i in range(n)],  # two rows per person
-        "chol": [180.0 + i for i in range(n)],
-        "bp": [120 + i % 5 for i in range(n)],
-        "smoker": ["no", "yes"] * (n // 2),
-        "age": [50] * n,
-        "disease": [int(i % 4 == 0) for i in range(n)],
-    })
+    return table_frame(n)
 
 
 def _csv(tmp_path: Path, frame: pd.DataFrame | str) -> tuple[Path, Path]:
