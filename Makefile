@@ -14,11 +14,13 @@ STAMP    = $(VENV)/.installed
 setup: $(STAMP)
 	$(BIN)/python -m sensecf.models setup
 
+# --compile-bytecode: the machines here set PYTHONDONTWRITEBYTECODE, so without .pyc files from
+# the install every stage and test subprocess would recompile torch, pandas and sklearn on import.
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
-	$(BIN)/uv pip install --python $(BIN)/python $(WHEELS) -r requirements.txt
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -r requirements-nodeps.txt
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) -r requirements.txt
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps -r requirements-nodeps.txt
 	touch $@
 
 demo: setup

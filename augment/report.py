@@ -192,6 +192,9 @@ def _aireadi_quality(q: dict, spec: DatasetSpec | None) -> list[str]:
         f"{fmt(sum(dropped.values()))} dropped, each counted under the first check it failed "
         f"(checks in order: {', '.join(w.get('drop_reason_order', dropped))}).\n",
         md_table([{"windows dropped because": k, "count": fmt(v)} for k, v in dropped.items()]),
+        "**Readings dropped** as implausible (outside the study's dates or physiological ranges; rules in "
+        "`cohort/quality.json` under `dropped_readings_rules`):\n",
+        md_table([{"readings dropped because": k, "count": fmt(v)} for k, v in q.get("dropped_readings", {}).items()]),
         "**Quirks** repaired or counted while reading the release:\n",
         md_table([{"quirk": k, "count": fmt(v)} for k, v in q.get("quirks", {}).items()]),
         f"**Files that could not be used**: {len(q.get('failed_files', []))} (paths and reasons in "

@@ -161,4 +161,6 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from sensecf.cli import run_cli
+
+    run_cli(main)

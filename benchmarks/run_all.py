@@ -44,4 +44,6 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from sensecf.cli import run_cli
+
+    run_cli(main)

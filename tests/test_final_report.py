@@ -360,3 +360,19 @@ def test_table4_notes_judge_f1_against_its_intervals():
     assert "scenario(s) A (-0.28% ± 2.30)" in flat and "B (" not in flat
     assert "teacher in B (-20.04% ± 10.00)" in worse and "nice" not in worse and "llm" not in worse
     assert table4_notes(t4.iloc[[1]]) == []
+
+
+def test_data_quality_lists_the_implausible_readings_dropped(tmp_path):
+    """quality.json's dropped_readings reach the report, one row per reason with its count."""
+    from augment.report import section_data_quality
+    from sensecf.spec import DatasetSpec
+
+    run = write_cohort(RunDir(tmp_path / "run"), _aireadi_frame(np.random.default_rng(0), 5, 4),
+                       DatasetSpec.from_yaml(AIREADI_SPEC))
+    quality = {"participants": {"listed": 3, "read": 3}, "windows": {"built": 10, "kept": 9},
+               "dropped_readings": {"cgm_date_out_of_range": 1, "glucose_out_of_range": 3}}
+    run.quality.write_text(json.dumps(quality))
+    text = section_data_quality(run)
+    cells = [line.strip("|").split("|") for line in text.splitlines() if "out_of_range" in line]
+    rows = {tuple(c.strip() for c in cell) for cell in cells}
+    assert rows == {("cgm_date_out_of_range", "1"), ("glucose_out_of_range", "3")}
