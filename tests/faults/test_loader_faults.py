@@ -58,7 +58,8 @@ def run_in_process(app, capsys, *args) -> Outcome:
 def _frame(n: int = 80, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({"chol": rng.normal(200, 20, n).round(1), "bp": rng.integers(100, 160, n),
-                       "smoker": rng.choice(["no", "yes"], n), "age": rng.integers(30, 70, n)})
+                       "smoker": rng.choice(["no", "yes"], n), "age": rng.integers(30, 70, n),
+                       "sex": rng.choice(["f", "m"], n)})
     df["disease"] = ((df.chol - 200) / 20 + (df.smoker == "yes") > 0.5).astype(int)
     return df
 
