@@ -20,7 +20,7 @@ resumes with nothing lost or duplicated. --candidates K samples K answers per fa
 A CF file is resumed only by the settings that began it (its fingerprint: decoding options,
 model and adapter hashes, classifier, cohort, prompt templates, few-shot pool, factual set);
 other settings stop with a message naming what changed, or --overwrite moves the old file
-aside (never deleted) and starts afresh. One writer per file (FILE.lock).
+aside (never deleted) and starts afresh. One writer per file (.FILE.lock).
 
 The openai backend sends rows only to a loopback server, or for a cohort whose content is
 marked synthetic, or to the host named by --allow-external-api HOST; its request seeds are

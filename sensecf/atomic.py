@@ -81,7 +81,7 @@ class LockedError(RuntimeError):
 
 
 class RunLock:
-    """An exclusive lock file: run_lock(RUN) -> RUN/.lock, file_lock(FILE) -> FILE.lock.
+    """An exclusive lock file: run_lock(RUN) -> RUN/.lock, file_lock(FILE) -> .FILE.lock.
 
     Fails at once (timeout 0) or after `timeout` seconds with a message that names the lock
     file and the command holding it. Inside `launch.experiment` the runner holds the run's
@@ -125,6 +125,6 @@ def run_lock(run_dir: str | Path, *, timeout: float = 0.0) -> RunLock:
 
 
 def file_lock(path: str | Path, *, timeout: float = 0.0) -> RunLock:
-    """The lock of one appended file (a CF file): FILE.lock beside it."""
+    """The lock of one appended file (a CF file): .FILE.lock beside it (hidden: bookkeeping)."""
     path = Path(path)
-    return RunLock(path.with_name(path.name + ".lock"), timeout=timeout)
+    return RunLock(path.with_name(f".{path.name}.lock"), timeout=timeout)

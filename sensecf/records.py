@@ -4,7 +4,7 @@ Writers append and flush per record and fsync at most once a second (and on clos
 power loss costs at most the last second; re-opening skips ids already present, so a killed
 run resumes with nothing lost and nothing duplicated. A file carries the fingerprint of the
 settings that began it (sensecf.fingerprint) and is continued only by the same settings; one
-writer at a time holds FILE.lock.
+writer at a time holds .FILE.lock.
 """
 
 from __future__ import annotations

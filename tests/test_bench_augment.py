@@ -26,7 +26,8 @@ def test_copy_sources_renames_copies_up_to_n(tmp_path):
     for name, ids in {"nice": ["w1", "w2"], "teacher_copy1": ["w3"], "nice_copy2": ["w1", "w2"]}.items():
         records = read_records(scratch.cfs / "train" / f"{name}.jsonl")
         assert [r.window_id for r in records] == ids and {r.method for r in records} == {name}
-    assert sorted(p.name for p in (run.cfs / "train").iterdir()) == ["nice.jsonl", "teacher.jsonl"]
+    visible = sorted(p.name for p in (run.cfs / "train").iterdir() if not p.name.startswith("."))  # not locks
+    assert visible == ["nice.jsonl", "teacher.jsonl"]
     assert len(copy_sources(run, RunDir(tmp_path / "two"), 1)) == 2  # never fewer than the run has
     only = copy_sources(run, RunDir(tmp_path / "only"), 3, only="teacher")
     assert only == ["teacher", "teacher_copy1", "teacher_copy2"]
