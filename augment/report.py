@@ -288,6 +288,15 @@ def section_table3(run: RunDir) -> str:
     if left_out:
         text += (f"\nCF files in `cfs/` not in this table (written after it, or left out with --methods): "
                  f"{', '.join(left_out)}. Re-run `{commands(run)['table3']}` to include them.\n")
+    if "Distance (valid)" in text:
+        text += ("\nDistance, sparsity and plausibility are given twice: over all parsed CFs, valid or not (the "
+                 "paper's averaging), and over valid CFs only (the \"(valid)\" columns, averaged over n valid; – "
+                 "when a method has none). Bold for these three marks the valid-CF columns. Validity and "
+                 "plausibility show a 95 % Wilson interval in brackets.\n")
+    else:
+        text += ("\nThis Table III predates the valid-CF columns and the 95 % intervals: its distance, sparsity and "
+                 f"plausibility are over all parsed CFs, valid or not. Re-run `{commands(run)['table3']}` to add "
+                 "them.\n")
     return text + "\nMetric definitions: DESIGN.md (validity, distance, sparsity, plausibility and the rest).\n"
 
 

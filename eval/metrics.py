@@ -12,6 +12,13 @@ factual's predicted class (`factual_pred`), as in Table III:
   equal at the feature's display precision.
 - plausibility: share of parsed CFs with every number (at display precision) inside the spec's
   training min/max and every category seen in the training frame.
+- distance_valid, sparsity_valid, plausibility_valid: the same three over the VALID CFs only
+  (n_valid of them; NaN when there is none). Over all parsed CFs a method that copies the factual
+  scores distance 0 without ever flipping the class; over valid CFs it cannot.
+- validity_ci_low/high, plausibility_ci_low/high, plausibility_valid_ci_low/high: 95 % Wilson score
+  intervals (scipy's binomtest(...).proportion_ci(method="wilson"), no continuity correction) for
+  those proportions over their own denominators: n records, n_parsed and n_valid CFs. NaN when
+  the denominator is 0.
 - immutables_violated: share of parsed CFs that change an immutable feature.
 - coherence: share of parsed CFs whose every composition group sums to its total within display
   precision (|sum - total| <= sum over members of 0.5 * 10^-decimals); NaN if the spec has no group.
@@ -34,6 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from sklearn.neighbors import NearestNeighbors
 
 from sensecf.records import CFRecord
@@ -46,6 +54,9 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "distance": "min",
     "sparsity": "min",
     "plausibility": "max",
+    "distance_valid": "min",
+    "sparsity_valid": "min",
+    "plausibility_valid": "max",
     "immutables_violated": "min",
     "coherence": "max",
     "actionability": "max",
@@ -54,6 +65,11 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "seconds_per_cf": "min",
 }
 COUNT_COLUMNS = ["n", "n_parsed", "n_valid"]
+# The metric averaged over every parsed CF -> the same metric over valid CFs only.
+VALID_ONLY = {"distance": "distance_valid", "sparsity": "sparsity_valid", "plausibility": "plausibility_valid"}
+# Proportions reported with a 95 % Wilson interval: metric -> (low column, high column).
+INTERVALS = {m: (f"{m}_ci_low", f"{m}_ci_high") for m in ["validity", "plausibility", "plausibility_valid"]}
+CONFIDENCE = 0.95
 VERIFIED_SUFFIX = "+verified"
 
 
@@ -260,6 +276,21 @@ def _nanmean(x) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
+def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials; (NaN, NaN) when n is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _with_intervals(row: dict, counts: dict[str, tuple[int, int]]) -> dict:
+    """Adds the INTERVALS columns to a table row from (successes, trials) per metric."""
+    for m, (low, high) in INTERVALS.items():
+        row[low], row[high] = wilson_interval(*counts.get(m, (0, 0)))
+    return row
+
+
 def _redundancy(cfs: pd.DataFrame, facts: pd.DataFrame, changed: np.ndarray, cf_pred: np.ndarray,
                 spec: DatasetSpec, blackbox) -> np.ndarray:
     """Per CF: how many changed features can be reverted alone while keeping the CF's class."""
@@ -320,22 +351,31 @@ def cf_metrics(
             n_changed = changed.sum(axis=1)
             redundancy = _redundancy(cfs[valid], facts[valid], changed[valid], cf_pred[valid], spec, blackbox)
             ynn = neighbours.label_share(cfs[valid], desired[valid], ynn_k) if valid.any() else []
+            dist, ok_range = distance(cfs, facts, spec), plausible(cfs, spec, seen)
+            n_valid = int(valid.sum())
             row.update(
-                n_valid=int(valid.sum()),
-                validity=valid.sum() / len(recs),
-                distance=_nanmean(distance(cfs, facts, spec)),
+                n_valid=n_valid,
+                validity=n_valid / len(recs),
+                distance=_nanmean(dist),
                 sparsity=_nanmean(n_changed),
-                plausibility=_nanmean(plausible(cfs, spec, seen)),
+                plausibility=_nanmean(ok_range),
+                distance_valid=_nanmean(dist[valid]),
+                sparsity_valid=_nanmean(n_changed[valid]),
+                plausibility_valid=_nanmean(ok_range[valid]),
                 immutables_violated=_nanmean(changed[:, ~mutable].any(axis=1)),
                 coherence=_nanmean(coherent(cfs, spec)) if spec.groups else float("nan"),
                 actionability=changed[:, mutable].sum() / n_changed.sum() if n_changed.sum() else float("nan"),
                 redundancy=_nanmean(redundancy),
                 ynn=_nanmean(ynn),
             )
+            _with_intervals(row, {"validity": (n_valid, len(recs)),
+                                  "plausibility": (int(ok_range.sum()), len(ok)),
+                                  "plausibility_valid": (int(ok_range[valid].sum()), n_valid)})
         else:
             row.update(n_valid=0, validity=0.0)
+            _with_intervals(row, {"validity": (0, len(recs))})
         row["parse_rate"] = len(ok) / len(recs)
         row["seconds_per_cf"] = _nanmean([r.seconds for r in recs])
         rows.append(row)
-    columns = ["method", "class", *COUNT_COLUMNS, *METRIC_DIRECTIONS]
+    columns = ["method", "class", *COUNT_COLUMNS, *METRIC_DIRECTIONS, *(c for pair in INTERVALS.values() for c in pair)]
     return pd.DataFrame(rows).reindex(columns=columns)

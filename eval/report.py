@@ -7,6 +7,11 @@ Reads RUN/cfs/*.jsonl; writes RUN/eval/: table3.csv / table3.md / table3.tex (me
 per method and class), fig6.png (+ fig6.csv), fig8.png, intervention.md, provenance.json.
 A method with several candidates per window also gets a "<method>+verified" row.
 
+Validity and plausibility carry 95 % Wilson intervals (csv: `<metric>_ci_low` / `<metric>_ci_high`;
+md/tex: `0.300 [0.145, 0.519]`). Distance, sparsity and plausibility are shown over all parsed
+CFs (the paper's §II-F averaging) and over valid CFs only (`*_valid`, with `n_valid`); "best" for
+these three is marked on the valid-CF columns only, so copying the factual wins nothing.
+
 Every file is written atomically under the run directory's lock, provenance.json last. For a
 cohort not marked synthetic the intervention example shows no real id, date or hour.
 """
@@ -22,20 +27,32 @@ import typer
 from eval.classifier import split_frames
 from eval.figures import feature_change_table, plot_feature_changes, plot_latent_space
 from eval.intervention import intervention_markdown
-from eval.metrics import METRIC_DIRECTIONS, cf_metrics, with_verified
+from eval.metrics import INTERVALS, METRIC_DIRECTIONS, VALID_ONLY, cf_metrics, with_verified
 from sensecf.atomic import atomic_path, run_lock, write_text
 from sensecf.blackbox import BlackBox
 from sensecf.cli import InputError, run_cli
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import RunDir, write_provenance
 
-# Table III's four metrics first, then ours.
+# Table III's four metrics first (over all parsed CFs, as the paper), the same over valid CFs, then ours.
+OURS = ["parse_rate", "immutables_violated", "coherence", "actionability", "redundancy", "ynn", "seconds_per_cf"]
 TABLE_METRICS = [
-    "validity", "distance", "sparsity", "plausibility", "parse_rate", "immutables_violated", "coherence",
-    "actionability", "redundancy", "ynn", "seconds_per_cf",
+    "validity", "distance", "sparsity", "plausibility", "distance_valid", "sparsity_valid", "plausibility_valid", *OURS,
 ]
+COUNTS = ["n", "n_parsed", "n_valid"]
+CI_COLUMNS = [c for pair in INTERVALS.values() for c in pair]
+# Per class, in this order: shown columns, and the interval columns after their metric (csv only).
+TABLE_COLUMNS = [
+    "n", "validity", "n_parsed", "distance", "sparsity", "plausibility", "n_valid", "distance_valid",
+    "sparsity_valid", "plausibility_valid", *OURS,
+]
+CSV_COLUMNS = [c for m in TABLE_COLUMNS for c in [m, *INTERVALS.get(m, ())]]
+# All-parsed columns left unmarked: a CF that copies the factual (invalid) would win them.
+UNMARKED = set(VALID_ONLY)
 LABELS = {
     "n": "n", "validity": "Validity", "distance": "Distance", "sparsity": "Sparsity", "plausibility": "Plausibility",
+    "n_parsed": "n parsed", "n_valid": "n valid", "distance_valid": "Distance (valid)",
+    "sparsity_valid": "Sparsity (valid)", "plausibility_valid": "Plausibility (valid)",
     "parse_rate": "Parsed", "immutables_violated": "Immut. viol.", "coherence": "Coherence",
     "actionability": "Actionability", "redundancy": "Redundancy", "ynn": "yNN", "seconds_per_cf": "s/CF",
 }
@@ -67,17 +84,19 @@ def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[C
 
 # --- Table III ----------------------------------------------------------------------------
 def table3(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(values, best): both methods x MultiIndex (class, metric); `best` marks, per column, every
-    method tied at the best shown value (only where at least two methods have a value)."""
+    """(values, best): both methods x MultiIndex (class, metric) over CSV_COLUMNS; `best` marks, per
+    column, every method tied at the best shown value (only where at least two methods have a value;
+    never the interval columns, nor distance/sparsity/plausibility over all parsed CFs: their valid-CF
+    columns are marked instead)."""
     methods = list(dict.fromkeys(metrics["method"]))
-    columns = pd.MultiIndex.from_product([[0, 1], ["n", *TABLE_METRICS]], names=["class", "metric"])
+    columns = pd.MultiIndex.from_product([[0, 1], CSV_COLUMNS], names=["class", "metric"])
     values = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for _, row in metrics.iterrows():
-        for m in ["n", *TABLE_METRICS]:
+        for m in CSV_COLUMNS:
             values.loc[row["method"], (int(row["class"]), m)] = row.get(m, float("nan"))
     best = pd.DataFrame(False, index=values.index, columns=columns)
     for cls, m in columns:
-        if m not in METRIC_DIRECTIONS:
+        if m not in METRIC_DIRECTIONS or m in UNMARKED:
             continue
         shown = values[(cls, m)].round(DECIMALS)
         if shown.notna().sum() < 2:
@@ -90,7 +109,39 @@ def table3(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{int(value)}" if metric == "n" else f"{value:.{DECIMALS}f}"
+    return f"{int(value)}" if metric in COUNTS else f"{value:.{DECIMALS}f}"
+
+
+def _shown(values: pd.DataFrame) -> list[tuple[int, str]]:
+    """The columns md/tex show; intervals go into their metric's cell."""
+    return [col for col in values.columns if col[1] not in CI_COLUMNS]
+
+
+def _cell(values: pd.DataFrame, best: pd.DataFrame, method: str, col: tuple[int, str], bold: str) -> str:
+    """`0.300`, bold (`bold` a format string) when best, plus ` [low, high]` for a metric with an interval."""
+    cls, m = col
+    text = _fmt(values.loc[method, col], m)
+    if best.loc[method, col]:
+        text = bold.format(text)
+    if m in INTERVALS:
+        low, high = (values.loc[method, (cls, c)] for c in INTERVALS[m])
+        if not (math.isnan(low) or math.isnan(high)):
+            text += f" [{low:.{DECIMALS}f}, {high:.{DECIMALS}f}]"
+    return text
+
+
+TABLE_NOTES = [
+    "Validity and plausibility: value [95 % Wilson score interval]; validity over all n factuals (an answer "
+    "that failed to parse counts as invalid), plausibility over the n parsed CFs, plausibility (valid) over "
+    "the n valid CFs.",
+    "Distance, sparsity, plausibility: over all parsed CFs, valid or not (n parsed), and over valid CFs only "
+    "(n valid; – where a method has none). A CF that copies the factual has distance 0 without flipping the "
+    "class, so **bold** for these three marks the valid-CF columns; the all-parsed columns are not marked.",
+    "The paper's comparison (§II-F) uses the all-parsed columns as far as it says: its sparsity and "
+    "plausibility divide by ‖CF‖, \"the total number of CF instances\", the same denominator as its validity, "
+    "i.e. over all generated CFs, valid or not. It gives no formula or averaging set for distance, and does "
+    "not say how answers that failed to parse enter; here they are left out of these means.",
+]
 
 
 def _header(metric: str) -> str:
@@ -109,19 +160,17 @@ def write_csv(values: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
 
 
 def markdown_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str]) -> str:
-    heads = ["Method"] + [f"C{c} {_header(m)}" for c, m in values.columns]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * len(values.columns)]
+    shown = _shown(values)
+    heads = ["Method"] + [f"C{c} {_header(m)}" for c, m in shown]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * len(shown)]
     for method in values.index:
-        cells = [method]
-        for col in values.columns:
-            text = _fmt(values.loc[method, col], col[1])
-            cells.append(f"**{text}**" if best.loc[method, col] else text)
+        cells = [method] + [_cell(values, best, method, col, "**{}**") for col in shown]
         lines.append("| " + " | ".join(cells) + " |")
     legend = (
         f"C0 = factuals predicted {classes[0]} (CF sought: {classes[1]}); C1 = factuals predicted {classes[1]}. "
         "↑ higher is better, ↓ lower is better; **bold** = best in its column."
     )
-    return "\n".join(lines) + "\n\n" + legend + "\n"
+    return "\n".join(lines) + "\n\n" + legend + "\n\n" + "\n".join(f"- {note}" for note in TABLE_NOTES) + "\n"
 
 
 def _tex_escape(text: str) -> str:
@@ -132,18 +181,17 @@ def _tex_escape(text: str) -> str:
 
 
 def latex_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str], caption: str) -> str:
-    per_class = len(values.columns) // 2
+    shown = _shown(values)
+    per_class = len(shown) // 2
     tex_arrow = {"max": r"$\uparrow$", "min": r"$\downarrow$"}
-    heads = [
-        f"{LABELS[m]} {tex_arrow.get(METRIC_DIRECTIONS.get(m, ''), '')}".strip() for _, m in values.columns
-    ]
+    heads = [f"{LABELS[m]} {tex_arrow.get(METRIC_DIRECTIONS.get(m, ''), '')}".strip() for _, m in shown]
     lines = [
         r"\begin{table*}[t]",
         r"\centering",
         rf"\caption{{{_tex_escape(caption)}}}",
         r"\label{tab:table3}",
         r"\resizebox{\textwidth}{!}{%",
-        rf"\begin{{tabular}}{{l{'r' * len(values.columns)}}}",
+        rf"\begin{{tabular}}{{l{'r' * len(shown)}}}",
         r"\toprule",
         rf" & \multicolumn{{{per_class}}}{{c}}{{Class 0 ({_tex_escape(classes[0])})}}"
         rf" & \multicolumn{{{per_class}}}{{c}}{{Class 1 ({_tex_escape(classes[1])})}} \\",
@@ -153,9 +201,7 @@ def latex_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str
     ]
     for method in values.index:
         cells = [_tex_escape(method)]
-        for col in values.columns:
-            text = _fmt(values.loc[method, col], col[1]).replace("–", "--")
-            cells.append(rf"\textbf{{{text}}}" if best.loc[method, col] else text)
+        cells += [_cell(values, best, method, col, r"\textbf{{{}}}").replace("–", "--") for col in shown]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""]
     return "\n".join(lines)
@@ -200,7 +246,10 @@ def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sa
         notes += [f"Raw rows use candidate 0; {', '.join(verified)} pick the valid candidate nearest the factual."]
     write_text(paths["table3.md"], "\n".join(notes) + "\n\n" + markdown_table(values, best, classes))
     caption = (f"CF quality on {spec.name} for factuals predicted class 0 ({classes[0]}) and class 1 "
-               f"({classes[1]}). Bold: best per column.")
+               f"({classes[1]}). Validity and plausibility: value [95% Wilson interval]. Distance, sparsity and "
+               "plausibility over all parsed CFs (as the paper's Sec. II-F) and over valid CFs only (valid; -- "
+               "where none). Bold: best per column; for distance, sparsity and plausibility only the valid-CF "
+               "columns are marked.")
     write_text(paths["table3.tex"], latex_table(values, best, classes, caption))
 
     changes = feature_change_table(records, spec)

@@ -12,7 +12,7 @@ import pytest
 from conftest import AIREADI_SPEC, _aireadi_frame, write_cohort
 from typer.testing import CliRunner
 
-from augment.report import SECTIONS, app, render_report, section_timing, training_row
+from augment.report import SECTIONS, app, render_report, section_table3, section_timing, training_row
 from augment.scarcity import run_scarcity
 from eval.classifier import train_and_evaluate
 from eval.report import build_report
@@ -173,6 +173,10 @@ def test_every_section_is_there_in_order_with_the_stage_results(full_run):
     table3 = by["Table III"]
     assert row("teacher").search(table3) and row("smollm2_zs").search(table3)
     assert "### Table III" in table3 and "\n# " not in table3  # the embedded heading is demoted
+    # valid-CF columns and 95 % intervals show, with the note on which CFs each mean is over
+    assert "C0 Distance (valid) ↓" in table3 and "C1 n valid" in table3
+    assert re.search(r"\| \**\d\.\d{3}\** \[\d\.\d{3}, \d\.\d{3}\] \|", table3)
+    assert "over all parsed CFs, valid or not (the paper's averaging), and over valid CFs only" in table3
 
     for section, links in [("Figs. 6 and 8", ["eval/fig6.png", "eval/fig8.png"]),
                            ("Figs. 7 and 1", ["augment/fig7.png", "augment/fig1.png"])]:
@@ -376,3 +380,12 @@ def test_data_quality_lists_the_implausible_readings_dropped(tmp_path):
     cells = [line.strip("|").split("|") for line in text.splitlines() if "out_of_range" in line]
     rows = {tuple(c.strip() for c in cell) for cell in cells}
     assert rows == {("cgm_date_out_of_range", "1"), ("glucose_out_of_range", "3")}
+
+
+def test_a_table3_without_valid_cf_columns_says_to_rerun(tmp_path):
+    run = RunDir(tmp_path / "old")
+    run.eval.mkdir(parents=True)
+    (run.eval / "table3.md").write_text("# Table III\n\n| Method | C0 Distance ↓ |\n|---|---:|\n| nice | 0.100 |\n")
+    text = section_table3(run)
+    assert "predates the valid-CF columns" in text and f"python -m eval.report --run {run.root}" in text
+    assert "(the paper's averaging)" not in text

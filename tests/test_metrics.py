@@ -14,6 +14,7 @@ from eval.metrics import (
     coherent,
     feature_frame,
     verified_records,
+    wilson_interval,
     with_verified,
 )
 from sensecf.records import CFRecord
@@ -136,6 +137,52 @@ def test_class1(table):
     assert r.seconds_per_cf == pytest.approx(3.0)
 
 
+def test_class0_over_valid_cfs_and_intervals(table):
+    r = table.loc[("m", 0)]
+    # valid: w1, w2, w6 (distances as in test_class0_distance); w4, w5 are parsed but invalid
+    d_valid = [0.4, math.sqrt(0.4**2 + 0.05**2 + 0.05**2 + (1 / 60) ** 2) + 1, math.sqrt(1.0**2 + 0.1**2)]
+    assert r.distance_valid == pytest.approx(np.mean(d_valid))
+    assert r.sparsity_valid == pytest.approx((1 + 5 + 2) / 3)
+    assert r.plausibility_valid == pytest.approx(2 / 3)  # w6 out of range
+    # Wilson, z = 1.959964, z^2 = 3.841459. Validity 3 of 6: centre (0.5 + z^2/12) / (1 + z^2/6) = 0.5,
+    # half-width z * sqrt(0.25/6 + z^2/144) / (1 + z^2/6) = 0.512384 / 1.640243 = 0.312383.
+    assert (r.validity_ci_low, r.validity_ci_high) == pytest.approx((0.187617, 0.812383), abs=1e-5)
+    # Plausibility 4 of 5 parsed: centre (0.8 + z^2/10) / (1 + z^2/5) = 1.184146 / 1.768292 = 0.669655,
+    # half-width z * sqrt(0.16/5 + z^2/100) / 1.768292 = 0.294120.
+    assert (r.plausibility_ci_low, r.plausibility_ci_high) == pytest.approx((0.375535, 0.963775), abs=1e-5)
+    assert (r.plausibility_valid_ci_low, r.plausibility_valid_ci_high) == pytest.approx(wilson_interval(2, 3))
+
+
+def test_class1_over_valid_cfs(table):
+    r = table.loc[("m", 1)]  # w7 valid (distance 1.5, 2 changes, unseen category), w8 unparsed
+    assert (r.distance_valid, r.sparsity_valid, r.plausibility_valid) == pytest.approx((1.5, 2, 0))
+    assert (r.validity_ci_low, r.validity_ci_high) == pytest.approx(wilson_interval(1, 2))
+    # plausibility 0 of 1: [0, z^2 / (1 + z^2)] = [0, 3.841459 / 4.841459]
+    assert (r.plausibility_ci_low, r.plausibility_ci_high) == pytest.approx((0.0, 0.793451), abs=1e-5)
+
+
+def test_wilson_interval_by_hand():
+    # 3 of 10: centre (0.3 + z^2/20) / (1 + z^2/10) = 0.492073 / 1.384146 = 0.355506,
+    # half-width z * sqrt(0.021 + z^2/400) / 1.384146 = 1.959964 * 0.174939 / 1.384146 = 0.247716.
+    assert wilson_interval(3, 10) == pytest.approx((0.107791, 0.603222), abs=1e-5)
+    # 6 of 20: centre 0.396036 / 1.192073 = 0.332225, half-width 1.959964 * 0.113582 / 1.192073 = 0.186746.
+    assert wilson_interval(6, 20) == pytest.approx((0.145477, 0.518973), abs=1e-5)
+    # 0 of 20: [0, z^2 / (20 + z^2)] = [0, 3.841459 / 23.841459]; 20 of 20 mirrors it.
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.161125), abs=1e-5)
+    assert wilson_interval(20, 20) == pytest.approx((0.838875, 1.0), abs=1e-5)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_copying_the_factual_wins_distance_only_over_all_parsed_cfs():
+    recs = [rec("w1", row(2.0), row(2.0), method="copy"), rec("w2", row(3.0), row(3.0), method="copy")]
+    r = cf_metrics(recs, SPEC, TRAIN, RuleBox()).set_index(["method", "class"]).loc[("copy", 0)]
+    assert (r.validity, r.distance, r.sparsity, r.plausibility) == (0, 0, 0, 1)
+    # no valid CF: the valid-CF means are missing, never 0
+    assert r.n_valid == 0 and np.isnan(r.distance_valid) and np.isnan(r.sparsity_valid)
+    assert np.isnan(r.plausibility_valid) and np.isnan(r.plausibility_valid_ci_low)
+    assert (r.validity_ci_low, r.validity_ci_high) == pytest.approx((0.0, 3.841459 / 5.841459), abs=1e-5)
+
+
 def test_display_precision_decides_changed():
     a = feature_frame([row(12.34), row(12.34)], SPEC, "a")
     b = feature_frame([row(12.3400001), row(12.35)], SPEC, "b")
@@ -163,7 +210,10 @@ def test_no_parsed_cf_gives_zero_validity_and_nan_quality():
     table = cf_metrics([RECORDS[2]], SPEC, TRAIN, RuleBox()).set_index(["method", "class"])
     r = table.loc[("m", 0)]
     assert r.validity == 0 and r.parse_rate == 0 and r.n_valid == 0
-    assert np.isnan(r.distance) and np.isnan(r.ynn)
+    assert np.isnan(r.distance) and np.isnan(r.ynn) and np.isnan(r.distance_valid)
+    # validity 0 of 1 record still has an interval, [0, z^2 / (1 + z^2)]; plausibility has no CF to count
+    assert (r.validity_ci_low, r.validity_ci_high) == pytest.approx((0.0, 0.793451), abs=1e-5)
+    assert np.isnan(r.plausibility_ci_low) and np.isnan(r.plausibility_ci_high)
 
 
 def test_bad_cf_is_named():

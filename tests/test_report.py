@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.classifier import train_and_evaluate
-from eval.report import app, build_report, table3
+from eval.report import app, build_report, latex_table, markdown_table, table3
 from sensecf.blackbox import BlackBox
 from sensecf.records import CFRecord, RecordWriter
 from sensecf.rundir import GROUP_COL, ID_COL
@@ -73,8 +73,27 @@ def test_build_report_writes_every_artifact_with_every_method(fixture, request):
     assert "**" in md and r"\textbf{" in tex
 
     row = table.set_index("method")
+    # the columns other code reads keep their names; the valid-CF means and intervals are added
+    old_columns = ["n", "validity", "distance", "sparsity", "plausibility", "parse_rate", "immutables_violated",
+                   "coherence", "actionability", "redundancy", "ynn", "seconds_per_cf"]
+    new_columns = ["n_parsed", "n_valid", "distance_valid", "sparsity_valid", "plausibility_valid",
+                   "validity_ci_low", "validity_ci_high", "plausibility_ci_low", "plausibility_ci_high",
+                   "plausibility_valid_ci_low", "plausibility_valid_ci_high"]
+    assert {f"class{c}_{m}" for c in (0, 1) for m in old_columns + new_columns} <= set(table.columns)
     assert row.loc["broken", "class0_validity"] == 0 and row.loc["broken", "class0_parse_rate"] == 0
-    assert np.isnan(row.loc["broken", "class0_distance"])
+    assert np.isnan(row.loc["broken", "class0_distance"]) and np.isnan(row.loc["broken", "class0_distance_valid"])
+    for c in (0, 1):
+        n, k = row[f"class{c}_n"], row[f"class{c}_n_valid"]
+        assert np.allclose(row[f"class{c}_validity"], k / n)
+        assert (row[f"class{c}_validity_ci_low"] <= row[f"class{c}_validity"]).all()
+        assert (row[f"class{c}_validity"] <= row[f"class{c}_validity_ci_high"]).all()
+        # bold for distance and sparsity sits on the valid-CF columns only
+        for method in methods:
+            marked = str(row.loc[method, "best"]).split(";")
+            assert f"class{c}_distance" not in marked and f"class{c}_sparsity" not in marked
+        top = row[f"class{c}_distance_valid"].round(3).min()
+        assert [m for m in methods if f"class{c}_distance_valid" in str(row.loc[m, "best"]).split(";")] == \
+            [m for m in methods if round(row.loc[m, f"class{c}_distance_valid"], 3) == top]
     assert row.loc["teacher", "class0_validity"] > 0.8 and row.loc["teacher", "class0_immutables_violated"] == 0
     # verification never loses validity: it falls back to candidate 0 only when nothing is valid
     for c in (0, 1):
@@ -96,16 +115,67 @@ def test_build_report_writes_every_artifact_with_every_method(fixture, request):
 def test_table3_marks_by_direction():
     metrics = pd.DataFrame(
         [
-            {"method": "a", "class": 0, "n": 10, "validity": 0.9, "distance": 0.5},
-            {"method": "b", "class": 0, "n": 10, "validity": 0.8, "distance": 0.2},
-            {"method": "c", "class": 0, "n": 10, "validity": 0.9, "distance": float("nan")},
+            {"method": "a", "class": 0, "n": 10, "validity": 0.9, "distance_valid": 0.5, "plausibility_valid": 0.7},
+            {"method": "b", "class": 0, "n": 10, "validity": 0.8, "distance_valid": 0.2, "plausibility_valid": 0.9},
+            {"method": "c", "class": 0, "n": 10, "validity": 0.9, "distance_valid": float("nan")},
         ]
     )
     values, best = table3(metrics)
     assert best[(0, "validity")].tolist() == [True, False, True]  # ties both marked
-    assert best[(0, "distance")].tolist() == [False, True, False]  # lower is better, NaN ignored
+    assert best[(0, "distance_valid")].tolist() == [False, True, False]  # lower is better, NaN ignored
+    assert best[(0, "plausibility_valid")].tolist() == [False, True, False]  # higher is better
     assert not best[(0, "n")].any() and not best[(1, "validity")].any()  # counts and empty columns unmarked
-    assert values.loc["b", (0, "distance")] == 0.2
+    assert values.loc["b", (0, "distance_valid")] == 0.2
+
+
+# SmolLM2 zero-shot in the demo: it copies the factual (validity 0, distance 0.056); "ft" flips the class.
+COPY_VS_FLIP = pd.DataFrame(
+    [
+        {"method": "copy", "class": 0, "n": 20, "n_parsed": 20, "n_valid": 0, "validity": 0.0, "distance": 0.056,
+         "sparsity": 0.5, "plausibility": 1.0, "distance_valid": float("nan"), "sparsity_valid": float("nan"),
+         "plausibility_valid": float("nan"), "validity_ci_low": 0.0, "validity_ci_high": 0.161125,
+         "plausibility_ci_low": 0.838875, "plausibility_ci_high": 1.0},
+        {"method": "ft", "class": 0, "n": 20, "n_parsed": 19, "n_valid": 6, "validity": 0.3, "distance": 0.9,
+         "sparsity": 3.0, "plausibility": 0.95, "distance_valid": 0.8, "sparsity_valid": 2.5,
+         "plausibility_valid": 1.0, "validity_ci_low": 0.145477, "validity_ci_high": 0.518973,
+         "plausibility_ci_low": 0.753613, "plausibility_ci_high": 0.991098,
+         "plausibility_valid_ci_low": 0.609666, "plausibility_valid_ci_high": 1.0},
+    ]
+)
+
+
+def test_copying_the_factual_is_not_marked_best():
+    values, best = table3(COPY_VS_FLIP)
+    # over all parsed CFs the copy would win distance, sparsity and plausibility: those columns are unmarked
+    for m in ("distance", "sparsity", "plausibility"):
+        assert not best[(0, m)].any(), m
+    # over valid CFs the copy has no value, so the only method with one is not compared with anything
+    assert not best[(0, "distance_valid")].any()
+    assert best[(0, "validity")].tolist() == [False, True]
+    assert values.loc["ft", (0, "validity_ci_low")] == 0.145477 and np.isnan(values.loc["copy", (0, "distance_valid")])
+
+
+def test_markdown_and_latex_cells_carry_intervals_and_dashes():
+    values, best = table3(COPY_VS_FLIP)
+    classes = {0: "low", 1: "high"}
+    md = markdown_table(values, best, classes)
+    header, _, copy, ft = md.splitlines()[:4]
+    cells = dict(zip([h.strip() for h in header.split("|")], [c.strip() for c in copy.split("|")], strict=True))
+    assert cells["C0 Validity ↑"] == "0.000 [0.000, 0.161]"
+    assert cells["C0 Distance ↓"] == "0.056"  # all parsed CFs: shown, not marked
+    assert cells["C0 n valid"] == "0" and cells["C0 Distance (valid) ↓"] == "–"  # no valid CF: '–', not 0
+    assert cells["C0 Plausibility (valid) ↑"] == "–" and cells["C0 Plausibility ↑"] == "1.000 [0.839, 1.000]"
+    cells = dict(zip([h.strip() for h in header.split("|")], [c.strip() for c in ft.split("|")], strict=True))
+    assert cells["C0 Validity ↑"] == "**0.300** [0.145, 0.519]" and cells["C0 n parsed"] == "19"
+    assert cells["C0 Distance (valid) ↓"] == "0.800" and cells["C0 Plausibility (valid) ↑"] == "1.000 [0.610, 1.000]"
+    assert "C0 Validity ci low" not in header and "ci_low" not in header  # intervals live in their metric's cell
+    assert "over valid CFs only" in md and "the total number of CF instances" in md
+
+    tex = latex_table(values, best, classes, "cap")
+    assert r"ft & 20 & \textbf{0.300} [0.145, 0.519] & 19 & " in tex
+    assert r"copy & 20 & 0.000 [0.000, 0.161] & 20 & 0.056 & 0.500 & 1.000 [0.839, 1.000] & 0 & -- & -- & -- & " in tex
+    n_columns = len(md.splitlines()[0].split("|")) - 3  # minus the Method cell and the two outer bars
+    assert rf"\begin{{tabular}}{{l{'r' * n_columns}}}" in tex
 
 
 def test_cli_prints_table_and_filters_methods(tiny_run):
