@@ -21,6 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(BIN)/python -m pip install -q uv==0.13.8
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) -r requirements.txt
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps -r requirements-nodeps.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $@
 
 demo: setup

@@ -8,6 +8,7 @@ and the class-specific instruction come last.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -140,9 +141,64 @@ def fold_system(messages: Sequence[Mapping]) -> list[dict]:
     return messages
 
 
+def template_messages(messages: Sequence[Mapping], *, system_role: bool) -> list[dict]:
+    """The messages as a chat template receives them: a leading system turn folded into the first
+    user turn (`fold_system`) when the template has no system role, else unchanged.
+
+    The one rule both backends follow: the hf backend renders the result itself
+    (`apply_chat_template`), the openai backend sends it to the server, which renders it with the
+    same template (launch/vllm_serve.sh passes the adapter's training template), so the model
+    sees the same text either way (tests/test_serving_parity.py)."""
+    if not system_role and messages and messages[0]["role"] == "system":
+        return fold_system(messages)
+    return [dict(m) for m in messages]
+
+
 def apply_chat_template(tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> str:
     """The chat text for a tokenizer, folding the system text into the first user turn when
     its template has no system role (BioMistral / Mistral v1)."""
-    if messages and messages[0]["role"] == "system" and not has_system_role(tokenizer):
-        messages = fold_system(messages)
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    system_role = not (messages and messages[0]["role"] == "system") or has_system_role(tokenizer)
+    messages = template_messages(messages, system_role=system_role)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+# --- the template a server renders with -----------------------------------------------------
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # what transformers' save_pretrained (Axolotl's output) writes
+
+
+def chat_template_text(path: str | Path) -> str:
+    """The chat template of an adapter / tokenizer folder (its `chat_template.jinja`, else the
+    `chat_template` string of its tokenizer_config.json, as older transformers saved it) or of a
+    template file: the lookup launch/vllm_serve.sh makes for `--chat-template`."""
+    path = Path(path)
+    if path.is_file():
+        return path.read_text()
+    if (path / CHAT_TEMPLATE_FILE).is_file():
+        return (path / CHAT_TEMPLATE_FILE).read_text()
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    raise FileNotFoundError(f"{path}: no {CHAT_TEMPLATE_FILE} and no chat_template in tokenizer_config.json")
+
+
+def template_has_system_role(template: str, **special_tokens: str) -> bool:
+    """Whether a chat template (text) renders a system turn: the probe of `has_system_role`
+    without a tokenizer, for the template a server renders with (the openai backend's
+    `OpenAIConfig.system_role`). Special tokens default to empty strings."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    tokens = {"bos_token": "", "eos_token": "", "unk_token": "", "pad_token": "", **special_tokens}
+    probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "u"}]
+    try:
+        rendered, _ = render_jinja_template(conversations=[probe], chat_template=template, **tokens)
+    except jinja2.TemplateError:
+        return False
+    return _SYSTEM_PROBE in rendered[0]
+
+
+def served_template_has_system_role(path: str | Path) -> bool:
+    """`template_has_system_role` of the template `chat_template_text(path)` finds (an adapter
+    folder or the file given to vLLM's --chat-template)."""
+    return template_has_system_role(chat_template_text(path))

@@ -24,6 +24,8 @@ Many requests are in flight (`concurrency`); the SDK retries 429/5xx/timeouts it
   quota or billing (429 `insufficient_quota`: never retried, see `_quota_is_final`), or the first
   `max_consecutive_failures` requests all rejected with 400/422 (the request shape is wrong, not
   one row: nothing is written for them).
+A leading system turn is sent as is, or folded into the first user turn when `system_role` is
+False (the served template has none), as the hf backend folds it (prompts.render.template_messages).
 Requests carry `store=False` (the provider must not keep the prompts) and a `seed` only when
 `send_seed` is set.
 """
@@ -42,6 +44,7 @@ from typing import Literal
 import openai
 from openai.types.chat import ChatCompletion
 
+from prompts.render import template_messages
 from sensecf.cfblock import render_block
 from sensecf.generate.grammar import block_regex, complete_groups, json_schema
 from sensecf.generate.parser import parse_block
@@ -79,6 +82,11 @@ class OpenAIConfig:
     max_tokens: int = 512
     max_consecutive_failures: int = 20  # requests failing in a row before the run stops
     send_seed: bool = True  # send GenRequest.seed (it must not identify a window)
+    # Whether the server's chat template renders a system turn. False (a Mistral-v1-style template
+    # with none) folds the system text into the first user turn before sending, exactly where the
+    # hf backend folds it (prompts.render.template_messages); prompts.render.
+    # served_template_has_system_role(ADAPTER_DIR) answers it for the template vllm_serve.sh serves.
+    system_role: bool = True
 
 
 def _error_body(body) -> dict:
@@ -175,7 +183,7 @@ class OpenAIGenerator:
         cfg = self.config
         kwargs = dict(
             model=cfg.model,
-            messages=list(req.messages),
+            messages=template_messages(req.messages, system_role=cfg.system_role),
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
             store=False,  # the provider must not keep the prompts (health data)
