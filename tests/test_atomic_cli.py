@@ -41,10 +41,10 @@ def test_artifacts_get_the_usual_permissions_not_owner_only(tmp_path):
 def test_the_run_lock_is_exclusive_and_released(tmp_path):
     with run_lock(tmp_path):
         with pytest.raises(LockedError, match=r"\.lock: another writer holds this lock \(pid"):
-            with run_lock(tmp_path):
-                pass
-    with run_lock(tmp_path):  # released
-        pass
+            run_lock(tmp_path).__enter__()
+    with run_lock(tmp_path) as again:  # released: the next writer takes it and names itself
+        assert again.info_file.read_text().startswith(f"pid {os.getpid()}:")
+    assert not again.info_file.exists()
 
 
 def test_input_error_reads_file_where_reason_and_crosses_processes():

@@ -212,10 +212,16 @@ def test_a_second_process_on_a_locked_run_fails_with_one_line(run, model_dir):
 
 
 def test_the_runner_holding_the_lock_lets_its_stages_write(run, monkeypatch):
-    with run_lock(run.root):
+    with run_lock(run.root) as runner:
+        holder = runner.info_file.read_text()
         monkeypatch.setenv("SENSECF_RUN_LOCK_HELD", str(run.root / ".lock"))
-        with run_lock(run.root), file_lock(run.root / "x.jsonl"):  # the stage's own locks pass
-            pass
+        with run_lock(run.root) as stage, file_lock(run.root / "x.jsonl") as cf_file:
+            assert stage._lock is None  # inherited from the runner, not taken again
+            assert cf_file._lock is not None and cf_file.lock_file.name == ".x.jsonl.lock"
+        assert runner.info_file.read_text() == holder  # the runner still holds it
+        monkeypatch.delenv("SENSECF_RUN_LOCK_HELD")
+        with pytest.raises(RuntimeError, match="another writer holds this lock"):
+            run_lock(run.root).__enter__()  # anyone else still waits
 
 
 ROW_FAULTS = [
@@ -243,8 +249,8 @@ def test_a_non_finite_cf_is_that_rows_parse_error_and_the_batch_goes_on(fault, r
 def test_a_fingerprint_without_records_is_replaced_quietly(tmp_path):
     """An empty file left by a run that wrote nothing: no records to protect, so new settings start it."""
     path = tmp_path / "m.jsonl"
-    with RecordWriter(path, {"a": 1}):
-        pass
+    RecordWriter(path, {"a": 1}).close()
+    assert path.stat().st_size == 0
     with RecordWriter(path, {"a": 2}) as writer:
         writer.write(_record(0))
     assert json.loads((tmp_path / "m.jsonl.fingerprint.json").read_text())["parts"] == {"a": 2}
