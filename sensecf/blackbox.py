@@ -28,6 +28,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from sensecf.atomic import write_bytes, write_json
+from sensecf.cli import one_line
+from sensecf.fingerprint import sha256_file
 from sensecf.spec import DatasetSpec
 
 # Packages whose classes a classifier file may name beyond skops' defaults.
@@ -119,10 +121,6 @@ def _is_safe_type(name: str) -> bool:
     return isinstance(found, type)
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_pipeline(path: str | Path) -> Pipeline:
     """The pipeline in `path`, after every check in the module docstring; ValueError otherwise,
     one line naming the file and what was refused."""
@@ -151,7 +149,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             outputs = json.loads(provenance.read_text()).get("outputs") or {}
         except (ValueError, AttributeError):
             raise ValueError(f"{path}: {provenance.name}: not a provenance record; {retrain}") from None
-        for name, actual in ((path.name, sha), (record_file.name, _sha256_file(record_file))):
+        for name, actual in ((path.name, sha), (record_file.name, sha256_file(record_file))):
             if outputs.get(name) != actual:
                 found = f"records sha256 {str(outputs[name])[:12]}" if name in outputs else "does not record it"
                 raise ValueError(f"{path}: {name} has sha256 {actual[:12]} but {provenance.name} {found}: "
@@ -159,7 +157,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     try:
         types = sio.get_untrusted_types(data=data)
     except Exception as e:  # noqa: BLE001 - whatever a damaged archive raises, it is bad input
-        raise ValueError(f"{path}: not a readable skops file ({_one_line(e)})") from None
+        raise ValueError(f"{path}: not a readable skops file ({type(e).__name__}: {one_line(e)})") from None
     unrecorded = sorted(set(types) - recorded_types)
     if unrecorded:
         raise ValueError(f"{path}: refusing to load types not recorded at save time in "
@@ -171,8 +169,5 @@ def load_pipeline(path: str | Path) -> Pipeline:
     try:
         return sio.loads(data, trusted=types)
     except Exception as e:  # noqa: BLE001 - a malformed file is bad input, not our bug
-        raise ValueError(f"{path}: cannot load the classifier ({_one_line(e)})") from None
+        raise ValueError(f"{path}: cannot load the classifier ({type(e).__name__}: {one_line(e)})") from None
 
-
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"

@@ -19,8 +19,9 @@ from eval.classifier import train_and_evaluate
 from eval.generate import GenerateError, generate
 from sensecf.cfblock import render_block
 from sensecf.generate.grammar import block_regex
-from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator, endpoint_host, is_loopback
+from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator
 from sensecf.generate.result import GenRequest
+from sensecf.privacy import endpoint_host, is_loopback
 from sensecf.records import read_records
 
 CF = {**FACTUAL, "awake_pct": 10.0, "light_pct": 50.0, "deep_pct": 20.0, "rem_pct": 20.0, "steps_mean": 12.5}

@@ -49,7 +49,7 @@ from sensecf.cfblock import render_block
 from sensecf.generate.grammar import block_regex, complete_groups, json_schema
 from sensecf.generate.parser import parse_block
 from sensecf.generate.result import GenRequest, GenResult
-from sensecf.privacy import endpoint_host, is_loopback  # noqa: F401  (the guard's view of base_url)
+from sensecf.privacy import endpoint_host
 from sensecf.spec import DatasetSpec
 
 Constraint = Literal["json_schema", "regex", "none"]
