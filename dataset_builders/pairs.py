@@ -1,16 +1,19 @@
-"""SFT pairs for Axolotl: the Fig. 4 prompt of each training factual -> its teacher CF block.
+"""SFT pairs for Axolotl: the Fig. 4 prompt of each training factual -> its teacher CF in Fig. 4's
+answer format. The paper does not say where its targets came from; the teacher is this project's
+choice (sensecf.teacher).
 
     python -m dataset_builders.pairs --run runs/demo [--val-fraction 0.1] [--fewshot 20] [--max-pairs N] [--seed 0]
 
 Reads RUN/cohort (training split) and RUN/classifier/model.skops; writes RUN/sft/:
 - train.jsonl, val.jsonl: {"messages": [system, user, assistant], "window_id", "participant_id",
   "desired_class"} rows for Axolotl's `type: chat_template`; val holds whole participants.
-- fewshot.jsonl: a pool of {"factual", "cf", "desired_class", ...} pairs, balanced over the
-  desired class, for few-shot prompts (GPT-4o); drawn from the train participants.
+- fewshot.jsonl: a pool of {"window_id", "participant_id", "predicted_class", "features"}
+  training windows, balanced over the class the classifier predicts, for few-shot prompts: Fig. 4's
+  "examples with desired outcome" are windows predicted the desired class; train participants only.
 - summary.json: counts (factuals, teacher valid / invalid by reason, rows per file) and token
   lengths of the full rendered chat per real tokenizer (min / mean / p95 / max).
 Only factuals with a valid teacher CF become pairs; the rest are counted in summary.json.
-Every example must fit `--max-tokens` (512, Table I) in every tokenizer, else the build fails
+Every example must fit `--max-tokens` (768, the recipes' sequence_len) in every tokenizer, else the build fails
 naming the longest example.
 
 The build holds the run directory's lock; each file is written atomically and provenance.json
@@ -36,7 +39,9 @@ from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenanc
 from sensecf.spec import DatasetSpec
 from sensecf.teacher import teacher_cfs
 
-MAX_TOKENS = 512  # Table I: max sequence length
+# The recipes' sequence_len. Table I says 512, but Fig. 4 verbatim with AI-READI's 12 features and
+# its answer is 534-647 tokens an example in the three tokenizers, so 512 would cut every answer.
+MAX_TOKENS = 768
 
 
 class PairsError(ValueError):
@@ -60,9 +65,9 @@ def _val_participants(participants: list[str], fraction: float, rng: np.random.G
     return set(rng.choice(participants, size=n_val, replace=False).tolist()) if n_val else set()
 
 
-def _fewshot_pool(pairs: list[dict], size: int, rng: np.random.Generator) -> list[dict]:
-    """Up to `size` pairs, half per desired class where there are enough."""
-    by_class = {c: [p for p in pairs if p["desired_class"] == c] for c in (0, 1)}
+def _fewshot_pool(windows: list[dict], size: int, rng: np.random.Generator) -> list[dict]:
+    """Up to `size` windows, half per predicted class where there are enough."""
+    by_class = {c: [w for w in windows if w["predicted_class"] == c] for c in (0, 1)}
     want = {0: size // 2, 1: size - size // 2}
     # A class short of its half passes the rest to the other class.
     for c in (0, 1):
@@ -168,7 +173,15 @@ def _build_pairs(run: RunDir, *, val_fraction, fewshot, max_pairs, seed, max_tok
     val_ids = _val_participants(participants, val_fraction, rng)
     train_rows = [p for p in pairs if p["participant_id"] not in val_ids]
     val_rows = [p for p in pairs if p["participant_id"] in val_ids]
-    fewshot_rows = _fewshot_pool(train_rows, fewshot, rng)
+    # Fig. 4's few-shot examples are windows "with desired outcome": training windows of the
+    # train participants (never val) as the classifier predicts them.
+    windows = [
+        {"window_id": str(row[ID_COL]), "participant_id": str(row[GROUP_COL]),
+         "predicted_class": int(teacher.factual_pred[i]), "features": _python_row(row, spec)}
+        for i, (_, row) in enumerate(train.iterrows())
+        if str(row[GROUP_COL]) not in val_ids
+    ]
+    fewshot_rows = _fewshot_pool(windows, fewshot, rng)
 
     lengths, longest = {}, {}
     sft_rows = train_rows + val_rows
@@ -192,8 +205,7 @@ def _build_pairs(run: RunDir, *, val_fraction, fewshot, max_pairs, seed, max_tok
     chat_keys = ("messages", "window_id", "participant_id", "desired_class")
     _write_jsonl(out / "train.jsonl", [{k: r[k] for k in chat_keys} for r in train_rows])
     _write_jsonl(out / "val.jsonl", [{k: r[k] for k in chat_keys} for r in val_rows])
-    pair_keys = ("window_id", "participant_id", "desired_class", "factual", "cf")
-    _write_jsonl(out / "fewshot.jsonl", [{k: r[k] for k in pair_keys} for r in fewshot_rows])
+    _write_jsonl(out / "fewshot.jsonl", fewshot_rows)
 
     summary = {
         "factuals": len(train),
@@ -205,8 +217,9 @@ def _build_pairs(run: RunDir, *, val_fraction, fewshot, max_pairs, seed, max_tok
         "written": {"train": len(train_rows), "val": len(val_rows), "fewshot": len(fewshot_rows)},
         "desired_class": {
             split: {str(c): sum(r["desired_class"] == c for r in rows) for c in (0, 1)}
-            for split, rows in (("train", train_rows), ("val", val_rows), ("fewshot", fewshot_rows))
+            for split, rows in (("train", train_rows), ("val", val_rows))
         },
+        "fewshot_by_predicted_class": {str(c): sum(r["predicted_class"] == c for r in fewshot_rows) for c in (0, 1)},
         "participants": {"train": len(participants) - len(val_ids), "val": len(val_ids)},
         "max_tokens": max_tokens,
         "token_lengths": lengths,

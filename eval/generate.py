@@ -119,8 +119,9 @@ def balanced_head(chosen: pd.DataFrame, n: int) -> pd.DataFrame:
     return chosen[keep].reset_index(drop=True)
 
 
-def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[tuple[dict, dict]]]:
-    """The first k (factual, cf) pairs per desired class from RUN/sft/fewshot.jsonl."""
+def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[dict]]:
+    """The first k windows per desired class from RUN/sft/fewshot.jsonl: Fig. 4's "examples with
+    desired outcome" are training windows the classifier predicts that class."""
     if k <= 0:
         return {0: [], 1: []}
     path = run.sft / "fewshot.jsonl"
@@ -132,12 +133,15 @@ def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[t
             continue
         try:
             row = json.loads(line)
-            cls = int(row["desired_class"])
-            pair = (row["factual"], row["cf"])
+            cls = int(row["predicted_class"])
+            features = dict(row["features"])
         except (ValueError, KeyError, TypeError) as e:
-            raise GenerateError(f"{path}:{i}: not a few-shot pair ({type(e).__name__}: {e})") from None
+            raise GenerateError(f"{path}:{i}: not a few-shot window ({type(e).__name__}: {e})") from None
+        missing = [n for n in spec.names if n not in features]
+        if missing:
+            raise GenerateError(f"{path}:{i}: features: missing {missing}")
         if cls in out and len(out[cls]) < k:
-            out[cls].append(pair)
+            out[cls].append(features)
     short = {c: len(v) for c, v in out.items() if len(v) < k}
     if short:
         raise GenerateError(f"{path}: fewer than {k} examples for desired class(es) {short}")

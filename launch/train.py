@@ -141,6 +141,7 @@ def training_env(cfg: dict, run: RunDir) -> dict[str, str]:
     env["PATH"] = _path_with_venv()  # axolotl spawns `accelerate` by name
     env["AXOLOTL_DO_NOT_TRACK"] = "1"  # telemetry otherwise blocks ~10 s offline
     env.setdefault("WANDB_DIR", str(run.root))
+    env.setdefault("WANDB_MODE", "offline")  # the recipes leave the mode to the environment
     # W&B would upload the console (Axolotl prints sample rows and paths); aggregates only.
     env.setdefault("WANDB_CONSOLE", "off")
     if Path(cfg["base_model"]).is_dir():  # local weights: never wait on the hub
@@ -203,7 +204,7 @@ def main(
     set_: list[str] = typer.Option([], "--set", help="override a recipe key: --set learning_rate=1e-4 (repeatable)"),
     accelerate_config: Path = typer.Option(None, help="accelerate config, e.g. launch/accelerate/single_gpu.yaml"),
     deepspeed: Path = typer.Option(None, help="DeepSpeed JSON, e.g. recipes/deepspeed/zero2.json"),
-    wandb_mode: str = typer.Option(None, help="offline (recipes' default), online or disabled"),
+    wandb_mode: str = typer.Option(None, help="offline, online or disabled (default: WANDB_MODE, else offline)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="write and check recipe.yml, print the command, stop"),
 ) -> None:
     """Resolve RECIPE for RUN, check it with Axolotl's schema, and train with accelerate + Axolotl."""

@@ -1,9 +1,9 @@
 """Fig. 4 prompts rendered from a DatasetSpec: the one place prompt text is made.
 
-The generation engine, the OpenAI backend and the SFT pair builder all call `build_messages`,
-so a model is trained on exactly the prompts it is later asked. The text before the instance
-is identical for every factual of a dataset (a prefix / KV cache can be shared); the instance
-and the class-specific instruction come last.
+The text is the paper's Fig. 4 verbatim with its placeholders filled (templates/fig4.j2), for
+both protocols: the `sensecf` rows differ from the paper's in decoding, not in what the model is
+asked. The generation engine, the OpenAI backend and the SFT pair builder all call
+`build_messages`, so a model is trained on exactly the prompts it is later asked.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from sensecf.cfblock import render_block, render_line
+from sensecf.cfblock import ANSWER_BULLET, CLOSE_TAG, INSTANCE_BULLET, OPEN_TAG, feature_text, render_block
 from sensecf.spec import DatasetSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -40,64 +40,43 @@ def _check_row(spec: DatasetSpec, row: Mapping, what: str) -> None:
         raise KeyError(f"{what} lacks spec features {missing}")
 
 
-def _instance_lines(spec: DatasetSpec, row: Mapping) -> str:
-    # The same "name: value" lines as the answer block, so the answer is the instance, edited.
-    return "\n".join(render_line(spec, f.name, row[f.name]) for f in spec.features)
-
-
-def _choices(spec: DatasetSpec) -> list[str]:
-    """Allowed values of mutable categorical features (the model cannot guess them)."""
-    return [f"{f.prompt_name} is one of {', '.join(f.categories)}" for f in spec.mutable if f.categories]
-
-
-def _constraints(spec: DatasetSpec) -> list[str]:
-    out = _choices(spec)
-    for g in spec.groups:
-        total = f"{g.total:g}"
-        out.append(" + ".join(spec.feature(m).prompt_name for m in g.members) + f" = {total}")
-    return out
+def _feature_lines(spec: DatasetSpec, row: Mapping) -> list[str]:
+    return [feature_text(spec, f.name, row[f.name]) for f in spec.features]
 
 
 def system_prompt() -> str:
     return _env().get_template("system.j2").render().strip()
 
 
-def user_prompt(
-    spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[tuple[Mapping, Mapping]] = ()
-) -> str:
-    """The user turn of Fig. 4 (zero-shot without examples, few-shot with them)."""
+def user_prompt(spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[Mapping] = ()) -> str:
+    """The user turn of Fig. 4: zero-shot without examples, few-shot with them (feature rows of
+    windows the model predicted `desired_class`, as Fig. 4's "examples with desired outcome")."""
     classes = spec.label.classes
     if desired_class not in classes:
         raise ValueError(f"desired_class {desired_class!r} is not a class of label '{spec.label.name}' {classes}")
-    predicted = 1 - desired_class  # binary label (LabelSpec enforces classes 0 and 1)
     _check_row(spec, factual, "factual")
-    rendered_examples = []
-    for i, (ex_factual, ex_cf) in enumerate(examples, start=1):
-        _check_row(spec, ex_factual, f"few-shot example {i} factual")
-        _check_row(spec, ex_cf, f"few-shot example {i} counterfactual")
-        rendered_examples.append(
-            {"instance": _instance_lines(spec, ex_factual), "counterfactual": render_block(spec, ex_cf)}
-        )
+    for i, example in enumerate(examples, start=1):
+        _check_row(spec, example, f"few-shot example {i}")
     context = {
-        "label_name": spec.label.name.replace("_", " "),
-        "class_legend": ", ".join(f"label {k} = {v}" for k, v in sorted(classes.items())),
-        "constraints": _constraints(spec),
+        "predicted": 1 - desired_class,  # binary label (LabelSpec enforces classes 0 and 1)
+        "desired": desired_class,
         "fixed": [f.prompt_name for f in spec.immutable] or ["(none)"],
-        "examples": rendered_examples,
-        "predicted": predicted,
-        "predicted_words": classes[predicted],
-        "desired_words": classes[desired_class],
-        "instance": _instance_lines(spec, factual),
+        "examples": [_feature_lines(spec, example) for example in examples],
+        "instance": _feature_lines(spec, factual),
+        "names": [f.prompt_name for f in spec.features],
+        "instance_bullet": INSTANCE_BULLET,
+        "answer_bullet": ANSWER_BULLET,
+        "open_tag": OPEN_TAG,
+        "close_tag": CLOSE_TAG,
     }
-    template = "few_shot.j2" if rendered_examples else "zero_shot.j2"
-    return _env().get_template(template).render(**context).strip()
+    return _env().get_template("fig4.j2").render(**context).strip()
 
 
 def build_messages(
-    spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[tuple[Mapping, Mapping]] = ()
+    spec: DatasetSpec, factual: Mapping, desired_class: int, *, examples: Sequence[Mapping] = ()
 ) -> list[dict]:
-    """Chat messages [system, user] for one factual; `examples` are (factual, cf) pairs
-    for the same desired class (empty = zero-shot)."""
+    """Chat messages [system, user] for one factual; `examples` are windows predicted
+    `desired_class` (empty = zero-shot)."""
     return [
         {"role": "system", "content": system_prompt()},
         {"role": "user", "content": user_prompt(spec, factual, desired_class, examples=examples)},

@@ -218,26 +218,29 @@ def test_computed_member_and_complete_groups_by_hand():
     for value in ("40.0\n", "80.0\n", "20.0\n"):
         cursor.take_forced()
         cursor.accept(value)
-    assert "REM sleep (%): 0.0\nAvg steps: " in cursor.take_forced()
+    assert "- Modified REM sleep (%): 0.0\n- Modified Avg steps: " in cursor.take_forced()
     assert cursor.incoherent == ["sleep_stages"]
 
 
 def test_forced_text_spans_every_line_up_to_the_next_free_value():
     cursor = BlockCursor.start(SPEC, FACTUAL)
-    assert cursor.take_forced() == "<new>\nAwake (%): "
+    assert cursor.take_forced() == "<new>\n- Modified Awake (%): "
     assert cursor.take_forced() == ""  # idempotent while a value is pending
     cursor.accept("10.0\n")
-    assert cursor.take_forced() == "Light sleep (%): "
+    assert cursor.take_forced() == "- Modified Light sleep (%): "
     for value in ("50.0\n", "20.0\n"):
         cursor.accept(value)
         cursor.take_forced()
-    assert cursor.text.endswith("Deep sleep (%): 20.0\nREM sleep (%): 20.0\nAvg steps: ")
+    assert cursor.text.endswith("- Modified Deep sleep (%): 20.0\n- Modified REM sleep (%): 20.0\n- Modified Avg steps: ")
     for value in ("8.25\n", "131.4\n", "1\n"):
         cursor.accept(value)
         cursor.take_forced()
     cursor.accept("80.0\n")
     tail = cursor.take_forced()
-    assert tail == ("Age: 61\nSex: female\nMedication: insulin\nPatient subgroup: insulin_dependent\n</new>")
+    assert tail == (
+        "- Modified Age: 61\n- Modified Sex: female\n- Modified Medication: insulin\n"
+        "- Modified Patient subgroup: insulin_dependent\n</new>"
+    )
     assert cursor.done
 
 

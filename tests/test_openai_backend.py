@@ -310,7 +310,8 @@ def test_few_shot_examples_come_from_the_sft_pool(tiny_run, endpoint_factory, mo
     train_and_evaluate(tiny_run, seed=0)
     df, spec = tiny_run.load_cohort()
     rows = [native_values(spec, row) for _, row in df[df[SPLIT_COL] == "train"].head(4).iterrows()]
-    pool = [{"desired_class": i % 2, "factual": rows[i], "cf": rows[(i + 1) % 4]} for i in range(4)]
+    pool = [{"window_id": f"w{i}", "participant_id": "p", "predicted_class": i % 2, "features": rows[i]}
+            for i in range(4)]
     tiny_run.sft.mkdir(parents=True)
     (tiny_run.sft / "fewshot.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pool))
     endpoint = endpoint_factory()
@@ -320,5 +321,7 @@ def test_few_shot_examples_come_from_the_sft_pool(tiny_run, endpoint_factory, mo
     for body in endpoint.bodies:
         user = body["messages"][-1]["content"]
         assert "Example 1:" in user and "Example 2:" in user and "Example 3:" not in user
+        desired = int(user.split("predicted label flips to ")[1][0])
+        assert f"Here are a few examples with desired outcome {desired}:" in user
     with pytest.raises(GenerateError, match="fewer than 3 examples"):
         generate(tiny_run, "gpt4o_fs3", "openai", n=2, fewshot=3, openai_options={"base_url": endpoint.base_url})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from conftest import AIREADI_SPEC, GENERIC_SPEC
@@ -61,76 +62,86 @@ def test_messages_are_system_then_user():
     )
 
 
-def test_fig4_sections_and_fixed_features():
-    text = user_text()
-    assert text.startswith("Task: Generate a counterfactual explanation for the label a black-box model predicts")
-    assert "(label 0 = moderate stress, label 1 = high stress)" in text
-    assert "Definition: A counterfactual explanation reveals what should have been different" in text
-    assert "Fixed Features: Do not modify Age, Sex, Medication, Patient subgroup." in text
-    assert "Constraints: Awake (%) + Light sleep (%) + Deep sleep (%) + REM sleep (%) = 100." in text
-    assert "Example" not in text  # zero-shot
-    assert text.endswith("Enclose your output within <new> tags, one line per feature as above.")
+FIG4 = (Path(__file__).parent / "fixtures" / "fig4.txt").read_text()
+INSTANCE = [
+    "Awake (%): 14.8",
+    "Light sleep (%): 45.4",
+    "Deep sleep (%): 30.4",
+    "REM sleep (%): 9.4",
+    "Avg steps: 6.88",
+    "Avg CGM (mg/dL): 169.4",
+    "Hyperglycemia events: 2",
+    "TIR (%): 54.2",
+    "Age: 65",
+    "Sex: male",
+    "Medication: insulin",
+    "Patient subgroup: insulin_dependent",
+]
+NAMES = [line.split(": ")[0] for line in INSTANCE]
 
 
-def test_desired_label_in_words_both_directions():
-    to_moderate = user_text(desired=0)
-    assert "the model predicted label 1 (high stress):" in to_moderate
-    assert "flip the label from high stress to moderate stress." in to_moderate
-    to_high = user_text(desired=1)
-    assert "the model predicted label 0 (moderate stress):" in to_high
-    assert "flip the label from moderate stress to high stress." in to_high
+def fill_fig4(predicted: int, desired: int, examples: list[list[str]]) -> str:
+    """Fig. 4's transcription with its placeholders filled by hand, the way the paper shows them."""
+    text = FIG4.replace("predicted label = 1 (undesired", f"predicted label = {predicted} (undesired")
+    text = text.replace("label flips to 0 (desired", f"label flips to {desired} (desired")
+    text = text.replace("Age, Sex, Medication Type, [Add or remove based on domain]",
+                        "Age, Sex, Medication, Patient subgroup")
+    shots = "".join(f"Example {i}: " + ", - ".join(ex) + "\n\n" for i, ex in enumerate(examples, start=1))
+    section = "Here are a few examples with desired outcome {outcome label}:\n\n" \
+              "Example 1: Feature 1: {}, - Feature 2: {}\n\nExample 2: Feature 1: {}, - Feature 2: {}\n\n"
+    assert section in text
+    text = text.replace(section, f"Here are a few examples with desired outcome {desired}:\n\n{shots}" if examples else "")
+    text = text.replace("the model predicted label {}:", f"the model predicted label {predicted}:")
+    text = text.replace("- Feature 1: {}\n- Feature 2: {}", "\n".join(f"- {line}" for line in INSTANCE))
+    text = text.replace("from {outcome label} to {desired label}", f"from {predicted} to {desired}")
+    text = text.replace("- Modified Feature 1: {}\n- Modified Feature 2: {}",
+                        "\n".join(f"- Modified {name}: {{}}" for name in NAMES))
+    assert "Feature 1" not in text and "{outcome label}" not in text and "[Add" not in text
+    return text.strip()
 
 
-def test_instance_lines_at_display_precision_in_spec_order():
-    text = user_text()
-    instance = text.split("(high stress):\n", 1)[1].split("\n\nInstruction:", 1)[0]
-    assert instance.splitlines() == [
-        "Awake (%): 14.8",
-        "Light sleep (%): 45.4",
-        "Deep sleep (%): 30.4",
-        "REM sleep (%): 9.4",
-        "Avg steps: 6.88",
-        "Avg CGM (mg/dL): 169.4",
-        "Hyperglycemia events: 2",
-        "TIR (%): 54.2",
-        "Age: 65",
-        "Sex: male",
-        "Medication: insulin",
-        "Patient subgroup: insulin_dependent",
-    ]
-    # The instance lines are the answer block's lines: the answer is the instance, edited.
-    assert render_block(SPEC, FACTUAL).splitlines()[1:-1] == instance.splitlines()
+def rendered(desired: int, examples=()) -> str:
+    system, user = build_messages(SPEC, FACTUAL, desired, examples=examples)
+    return system["content"] + "\n\n" + user["content"]
 
 
-def test_prefix_is_shared_across_factuals_and_classes():
-    other = {**FACTUAL, "awake_pct": 3.0, "age": 41, "sex": "female"}
-    a, b = user_text(FACTUAL, 0), user_text(other, 1)
-    prefix_a, prefix_b = a.split("Instance, where")[0], b.split("Instance, where")[0]
-    assert prefix_a == prefix_b and len(prefix_a) > 300
-    assert a != b
+@pytest.mark.parametrize("desired", [0, 1])
+def test_zero_shot_prompt_is_fig4_verbatim_with_placeholders_filled(desired):
+    assert rendered(desired) == fill_fig4(1 - desired, desired, [])
 
 
-def test_few_shot_renders_examples_before_the_instance():
-    ex2 = {**FACTUAL, "glucose_mean": 201.0}
-    cf2 = {**ex2, "glucose_mean": 120.0}
-    text = user_text(examples=[(FACTUAL, CF), (ex2, cf2)])
-    assert "Here are a few examples with desired outcome moderate stress:" in text
-    assert text.index("Example 1:") < text.index("Example 2:") < text.index("Instance, where")
-    assert render_block(SPEC, CF) in text and render_block(SPEC, cf2) in text
-    assert "Example 1:\nAwake (%): 14.8\n" in text
-    assert "Example 3" not in text
-    # Same Task/Definition/Fixed text as zero-shot.
-    assert text.split("\n\nHere are")[0] == user_text().split("\n\nInstance, where")[0]
+@pytest.mark.parametrize("desired", [0, 1])
+def test_few_shot_prompt_is_fig4_verbatim_with_placeholders_filled(desired):
+    ex2 = {**FACTUAL, "glucose_mean": 120.0, "tir_pct": 88.04}
+    expected_ex2 = [line.replace("169.4", "120.0").replace("54.2", "88.0") for line in INSTANCE]
+    assert rendered(desired, [FACTUAL, ex2]) == fill_fig4(1 - desired, desired, [INSTANCE, expected_ex2])
 
 
-def test_generic_spec_lists_mutable_categories_and_no_groups():
+def test_fig4_fixture_is_the_papers_text():
+    # the transcription keeps Fig. 4's sentences word for word (the PDF's text layer puts a blank
+    # line after every line; the fixture keeps them between paragraphs, not inside lists)
+    paper = (Path(__file__).parents[1] / ".." / "shared" / "reference" / "sensecf-paper.txt").resolve()
+    if not paper.exists():
+        pytest.skip(f"{paper} is not beside this checkout")
+    words = " ".join(paper.read_text().split())
+    for paragraph in FIG4.split("\n\n"):
+        assert " ".join(paragraph.split()) in words, paragraph
+
+
+def test_instance_lines_are_the_answer_lines_without_modified():
+    user = build_messages(SPEC, FACTUAL, 0)[1]["content"]
+    instance = user.split("predicted label 1:\n\n", 1)[1].split("\n\nInstruction:", 1)[0]
+    assert instance.splitlines() == [f"- {line}" for line in INSTANCE]
+    assert render_block(SPEC, FACTUAL).splitlines()[1:-1] == [f"- Modified {line}" for line in INSTANCE]
+
+
+def test_generic_spec_fills_the_fixed_features_from_the_spec():
     spec = DatasetSpec.model_validate(GENERIC_SPEC)
     row = {"chol": 212.34, "bp": 140, "smoker": "yes", "age": 50, "sex": "f"}
     text = build_messages(spec, row, 0)[1]["content"]
-    assert "(label 0 = no disease, label 1 = disease)" in text
-    assert "Constraints: Smoker is one of no, yes." in text
-    assert "Fixed Features: Do not modify Age, Sex." in text
-    assert "Cholesterol: 212.3\nBlood pressure: 140\nSmoker: yes" in text
+    assert "Fixed Features: Do not modify these features: Age, Sex\n" in text
+    assert "- Cholesterol: 212.3\n- Blood pressure: 140\n- Smoker: yes\n" in text
+    assert "<new>\n- Modified Cholesterol: {}\n- Modified Blood pressure: {}\n" in text
 
 
 def test_bad_inputs_name_the_problem():
@@ -138,8 +149,8 @@ def test_bad_inputs_name_the_problem():
         build_messages(SPEC, {k: v for k, v in FACTUAL.items() if k != "tir_pct"}, 0)
     with pytest.raises(ValueError, match="desired_class 2"):
         build_messages(SPEC, FACTUAL, 2)
-    with pytest.raises(KeyError, match="few-shot example 1 counterfactual lacks"):
-        build_messages(SPEC, FACTUAL, 0, examples=[(FACTUAL, {"age": 1})])
+    with pytest.raises(KeyError, match="few-shot example 1 lacks"):
+        build_messages(SPEC, FACTUAL, 0, examples=[{"age": 1}])
 
 
 def test_training_example_uses_the_generation_prompt():
@@ -154,7 +165,7 @@ def test_rendered_training_chat_starts_with_the_generation_prompt(name):
     prompt = apply_chat_template(tok, build_messages(SPEC, FACTUAL, 0))
     full = apply_chat_template(tok, training_messages(SPEC, FACTUAL, 0, CF), add_generation_prompt=False)
     assert full.startswith(prompt)
-    assert full[len(prompt) :].strip().startswith("<new>\nAwake (%): 9.8\n")
+    assert full[len(prompt) :].strip().startswith("<new>\n- Modified Awake (%): 9.8\n")
 
 
 def test_llama31_keeps_the_system_turn():

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from launch.recipe_check import RecipeError, check_recipe, load_recipe, unknown_keys
 from launch.train import main as train_main
+from dataset_builders.pairs import MAX_TOKENS
 from launch.train import resolve_recipe
 from prompts.render import training_messages
 from sensecf.models import _tokenizer_dir, embedded_model_dir
@@ -45,7 +46,6 @@ TABLE_I = {
     "micro_batch_size": 4,
     "gradient_accumulation_steps": 4,
     "learning_rate": 2e-4,
-    "sequence_len": 512,
     "fp16": True,
     "eval_steps": 50,
     "save_steps": 100,
@@ -105,7 +105,10 @@ def test_gpu_recipes_carry_table_i(name):
     assert recipe["lora_target_linear"] is True
     assert recipe["attn_implementation"] == "flash_attention_2"
     assert recipe["sample_packing"] is True
-    assert recipe["wandb_mode"] == "offline" and recipe["wandb_project"] == "sensecf"
+    # the user's WANDB_MODE decides (Axolotl would export a recipe's wandb_mode over it)
+    assert "wandb_mode" not in recipe and recipe["wandb_project"] == "sensecf"
+    # Table I says 512; Fig. 4 verbatim does not fit it (see the next test)
+    assert recipe["sequence_len"] == MAX_TOKENS == 768
     validated = check_recipe(recipe, name)
     for key, value in TABLE_I.items():
         assert validated[key] == value, key
@@ -184,7 +187,29 @@ def test_gpu_recipe_trains_only_the_cf_block_with_the_real_tokenizer(tmp_path, n
     assert cfg.batch_size == 16  # 4 x GA 4
     assert tok.decode(trained) == f"{CF_BLOCK}{end}"
     assert tok.decode(ids).startswith(start)
-    assert len(ids) <= 512
+    assert len(ids) <= 768  # longer subgroup names take Fig. 4 past Table I's 512 (pairs summary)
+
+
+@pytest.mark.parametrize("name", ["llama31", "biomistral"])
+def test_headline_command_trains_on_runs_paper(name):
+    """`accelerate launch -m axolotl.cli.train recipes/NAME.yml` as written reads runs/paper/sft
+    and writes runs/paper/checkpoints/NAME (paths relative to the repository root)."""
+    recipe = load_recipe(RECIPES[name])
+    assert [d["path"] for d in recipe["datasets"]] == ["runs/paper/sft/train.jsonl"]
+    assert [d["path"] for d in recipe["test_datasets"]] == ["runs/paper/sft/val.jsonl"]
+    assert recipe["output_dir"] == f"runs/paper/checkpoints/{name}"
+    assert recipe["dataset_prepared_path"] == f"runs/paper/checkpoints/{name}/prepared"
+
+@pytest.mark.parametrize("name", ["llama31", "biomistral"])
+def test_launch_train_retargets_the_gpu_recipes_at_any_run(name, tmp_path):
+    run = RunDir(tmp_path / "other")
+    run.sft.mkdir(parents=True)
+    (run.sft / "train.jsonl").write_text("{}\n")
+    (run.sft / "val.jsonl").write_text("{}\n")
+    cfg, _ = resolve_recipe(load_recipe(RECIPES[name]), name, run)
+    assert cfg["datasets"][0]["path"] == str(run.sft / "train.jsonl")
+    assert cfg["test_datasets"][0]["path"] == str(run.sft / "val.jsonl")
+    assert cfg["output_dir"] == str(run.checkpoints / name)
 
 
 def test_cpu_recipe_trains_only_the_cf_block_with_the_embedded_model(tmp_path):
@@ -197,9 +222,10 @@ def test_cpu_recipe_trains_only_the_cf_block_with_the_embedded_model(tmp_path):
 
 
 CF_BLOCK = (
-    "<new>\nAwake (%): 9.8\nLight sleep (%): 45.4\nDeep sleep (%): 35.4\nREM sleep (%): 9.4\nAvg steps: 6.88\n"
-    "Avg CGM (mg/dL): 169.4\nHyperglycemia events: 2\nTIR (%): 54.2\nAge: 65\nSex: male\nMedication: insulin\n"
-    "Patient subgroup: insulin_dependent\n</new>"
+    "<new>\n- Modified Awake (%): 9.8\n- Modified Light sleep (%): 45.4\n- Modified Deep sleep (%): 35.4\n"
+    "- Modified REM sleep (%): 9.4\n- Modified Avg steps: 6.88\n- Modified Avg CGM (mg/dL): 169.4\n"
+    "- Modified Hyperglycemia events: 2\n- Modified TIR (%): 54.2\n- Modified Age: 65\n- Modified Sex: male\n"
+    "- Modified Medication: insulin\n- Modified Patient subgroup: insulin_dependent\n</new>"
 )
 
 
@@ -362,3 +388,7 @@ def test_training_env_keeps_the_console_and_telemetry_at_home(tmp_path, monkeypa
     env = training_env({"base_model": "/models/x"}, RunDir(tmp_path))
     assert env["WANDB_CONSOLE"] == "off" and env["AXOLOTL_DO_NOT_TRACK"] == "1"
     assert env["WANDB_DIR"] == str(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert training_env({"base_model": "/models/x"}, RunDir(tmp_path))["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")  # the user's choice wins
+    assert training_env({"base_model": "/models/x"}, RunDir(tmp_path))["WANDB_MODE"] == "online"

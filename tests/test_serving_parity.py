@@ -90,7 +90,7 @@ def vllm_render(base_tokenizer, template: str, messages: list[dict]) -> str:
 
 def requests() -> list[GenRequest]:
     zero_shot = [GenRequest(FACTUAL, seed=10 + c, messages=build_messages(SPEC, FACTUAL, c)) for c in (0, 1)]
-    few_shot = [GenRequest(FACTUAL, seed=20, messages=build_messages(SPEC, FACTUAL, 0, examples=[(FACTUAL, CF)]))]
+    few_shot = [GenRequest(FACTUAL, seed=20, messages=build_messages(SPEC, FACTUAL, 0, examples=[CF]))]
     return zero_shot + few_shot
 
 

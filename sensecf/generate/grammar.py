@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sensecf.cfblock import CLOSE_TAG, OPEN_TAG, render_line
+from sensecf.cfblock import CLOSE_TAG, OPEN_TAG, line_prefix
 from sensecf.spec import DatasetSpec, FeatureSpec
 
 _SPECIAL = set(r".^$*+?{}[]\|()/")
@@ -148,10 +148,6 @@ class LineGrammar:
         return range_regex(self.lo, self.hi, self.feature.decimals)
 
 
-def _prefix(f: FeatureSpec) -> str:
-    return f"{f.prompt_name}: "
-
-
 def plan_lines(spec: DatasetSpec, factual: Mapping[str, Any]) -> list[LineGrammar]:
     """The block's lines in spec order for this factual."""
     computed = {computed_name(spec, g.name) for g in spec.groups}
@@ -160,13 +156,13 @@ def plan_lines(spec: DatasetSpec, factual: Mapping[str, Any]) -> list[LineGramma
         if not f.mutable:
             if f.name not in factual:
                 raise ValueError(f"factual lacks immutable feature '{f.name}'")
-            value = render_line(spec, f.name, factual[f.name])[len(_prefix(f)) :]
-            lines.append(LineGrammar(f, "fixed", _prefix(f), fixed_value=value))
+            value = f.format_value(factual[f.name])
+            lines.append(LineGrammar(f, "fixed", line_prefix(f), fixed_value=value))
         elif not f.is_numeric:
-            lines.append(LineGrammar(f, "choice", _prefix(f)))
+            lines.append(LineGrammar(f, "choice", line_prefix(f)))
         else:
             lo, hi = feature_bounds(f)
-            lines.append(LineGrammar(f, "computed" if f.name in computed else "number", _prefix(f), lo=lo, hi=hi))
+            lines.append(LineGrammar(f, "computed" if f.name in computed else "number", line_prefix(f), lo=lo, hi=hi))
     return lines
 
 
