@@ -1,12 +1,17 @@
 """LLM counterfactuals for the shared factual sample -> RUN/cfs/<method>.jsonl.
 
-    python -m eval.generate --run RUN --backend hf --method smollm2_zs [--adapter PATH] [--model DIR]
-        [--enforcer xgrammar|lmfe] [--free] [--no-jump-forward] [--batch-size 16]
+    python -m eval.generate --run RUN --backend hf --method smollm2_zs [--protocol paper|sensecf]
+        [--adapter PATH] [--model DIR] [--enforcer xgrammar|lmfe] [--no-jump-forward] [--batch-size 16]
         [--candidates K --temperature T] [--fewshot K] [--n 200] [--split test|train]
         [--factuals FILE] [--seed 0]
     python -m eval.generate --run RUN --backend openai --method gpt4o_fs --fewshot 5
         [--api-model gpt-4o-2024-08-06] [--base-url URL] [--api-key-env OPENAI_API_KEY]
-        [--constraint json_schema|regex|none] [--concurrency 8] [--allow-external-api]
+        [--constraint json_schema|regex] [--concurrency 8] [--allow-external-api]
+
+Protocols (sensecf.protocols): `--protocol paper` decodes freely and parses the <new> block
+leniently (an unparsable answer is invalid), the paper's method, in row <method>;
+`--protocol sensecf` (default) decodes the same prompt under the grammar (hf), a JSON schema or
+a regex (openai), in row <method>+grammar.
 
 Factuals: --factuals FILE, else RUN/cfs/factuals_<split>.json (eval.baselines' sample, so LLMs
 and baselines explain the same windows), else a fresh sample drawn the same way (n split
@@ -42,7 +47,7 @@ from tqdm import tqdm
 
 from eval.baselines import factuals_file, immutables_kept, native_values, read_factual_ids, records_dir, sample_factuals
 from prompts.render import apply_chat_template, build_messages
-from sensecf import fingerprint, privacy
+from sensecf import fingerprint, privacy, protocols
 from sensecf.atomic import run_lock, write_json
 from sensecf.blackbox import BlackBox
 from sensecf.cli import run_cli
@@ -235,6 +240,7 @@ def generate(
     desired_class: int | None = None,
     fewshot: int = 0,
     batch_size: int = 16,
+    protocol: str = "sensecf",
     hf_options: dict | None = None,
     openai_options: dict | None = None,
     allow_external_api: str | None = None,
@@ -242,8 +248,20 @@ def generate(
     progress: bool = True,
 ) -> dict:
     """Write the records still missing; returns a summary (counts, timings, failures).
+    method: the base name (`llama31_ft`); the protocol names the row (`llama31_ft` under the
+    paper's, `llama31_ft+grammar` under ours) and decides the decoding (sensecf.protocols).
     allow_external_api: the remote host that may receive a non-synthetic cohort's rows."""
     hf, api = dict(hf_options or {}), dict(openai_options or {})
+    try:
+        rules = protocols.get(protocol)
+        method = protocols.row_name(method, protocol, "llm")
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
+    hf["free"] = rules.free_decoding
+    if rules.openai_constraint is not None:
+        api["constraint"] = rules.openai_constraint
+    elif backend == "openai" and api.get("constraint") == "none":
+        raise GenerateError("--constraint none is free decoding, the paper protocol: use --protocol paper")
     temperature = float((hf if backend == "hf" else api).get("temperature", 0.0))
     if backend not in ("hf", "openai"):
         raise GenerateError(f"--backend must be hf or openai, got '{backend}'")
@@ -268,7 +286,8 @@ def _generate_locked(run, method, backend, split, n, seed, factuals, candidates,
     chosen, spec, blackbox, ids_file, source = choose_factuals(run, split, n, seed, factuals, desired_class)
     examples = fewshot_examples(run, fewshot, spec)
     path = records_dir(run, split) / f"{method}.jsonl"
-    summary: dict = {"method": method, "backend": backend, "factuals": len(chosen), "factuals_from": source}
+    summary: dict = {"method": method, "protocol": protocols.protocol_of(method), "backend": backend,
+                     "factuals": len(chosen), "factuals_from": source}
     parts = record_parts(run, backend, ids_file, seed, fewshot, hf, api)
     # A provider sees a keyed seed (unlinkable to the window); local sampling keeps the plain one.
     secret = privacy.run_secret(run.root) if backend == "openai" else None
@@ -384,7 +403,10 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     run: Path = typer.Option(..., help="run directory with cohort/ and classifier/"),
-    method: str = typer.Option(..., help="name of this method's records: RUN/cfs/<method>.jsonl"),
+    method: str = typer.Option(..., help="base name of the method; records go to RUN/cfs/<row>.jsonl, row = "
+                                         "<method> (paper protocol) or <method>+grammar (sensecf)"),
+    protocol: str = typer.Option("sensecf", help="paper: free decoding, lenient parsing (the paper's method); "
+                                                 "sensecf: the grammar (hf), JSON schema or regex (openai)"),
     backend: str = typer.Option("hf", help="hf (local transformers model) or openai (any OpenAI-compatible endpoint)"),
     n: int = typer.Option(200, help="factuals (half per predicted class): sampled, or the first of a factual file"),
     split: str = typer.Option("test", help="split of the factuals (train: CFs for augmentation)"),
@@ -401,16 +423,17 @@ def main(
     adapter: Path | None = typer.Option(None, help="hf: a PEFT adapter folder (e.g. RUN/checkpoints/<recipe>)"),
     device: str | None = typer.Option(None, help="hf: cpu, cuda, cuda:1 (default: cuda if available)"),
     enforcer: str = typer.Option("xgrammar", help="hf: xgrammar or lmfe (lm-format-enforcer)"),
-    free: bool = typer.Option(False, "--free", help="hf: unconstrained generation + lenient parsing (ablation)"),
     no_jump_forward: bool = typer.Option(False, "--no-jump-forward", help="hf: sample forced text token by token"),
     no_group_bounds: bool = typer.Option(
         False, "--no-group-bounds", help="hf: do not bound group members so the computed one stays in range"
     ),
-    max_new_tokens: int = typer.Option(256, help="hf --free: answer token budget"),
+    max_new_tokens: int = typer.Option(256, help="hf, paper protocol: answer token budget"),
     api_model: str = typer.Option("gpt-4o-2024-08-06", help="openai: model (the LoRA name for vllm serve)"),
     base_url: str | None = typer.Option(None, help="openai: endpoint, e.g. http://localhost:8000/v1 (vllm serve)"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key"),
-    constraint: str = typer.Option("json_schema", help="openai: json_schema (GPT-4o), regex (vLLM) or none"),
+    constraint: str = typer.Option(
+        "json_schema", help="openai, sensecf protocol: json_schema (GPT-4o) or regex (vLLM)"
+    ),
     concurrency: int = typer.Option(8, help="openai: requests in flight"),
     max_retries: int = typer.Option(5, help="openai: SDK retries for 429/5xx/timeouts"),
     timeout: float = typer.Option(120.0, help="openai: seconds to wait for one answer"),
@@ -426,7 +449,6 @@ def main(
         adapter=str(adapter) if adapter else None,
         device=device,
         enforcer=enforcer,
-        free=free,
         jump_forward=not no_jump_forward,
         bound_groups=not no_group_bounds,
         temperature=temperature,
@@ -459,6 +481,7 @@ def main(
             desired_class=desired_class,
             fewshot=fewshot,
             batch_size=batch_size,
+            protocol=protocol,
             hf_options=hf,
             openai_options=api,
             allow_external_api=allow_external_api,
@@ -471,7 +494,8 @@ def main(
 
     status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
     typer.echo(
-        f"{method}: {summary['records']} records ({status}); {summary['written']} new, {summary['already_done']} "
+        f"{summary['method']} ({summary['protocol']} protocol): {summary['records']} records ({status}); "
+        f"{summary['written']} new, {summary['already_done']} "
         f"already done; {summary['immutables_violated']} immutable violations; "
         f"{summary['seconds_per_cf'] or 0:.2f} s per CF -> {summary['file']}"
     )

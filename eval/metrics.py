@@ -44,6 +44,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from sklearn.neighbors import NearestNeighbors
 
+from sensecf.protocols import VERIFIED_SUFFIX
 from sensecf.records import CFRecord
 from sensecf.spec import DatasetSpec
 
@@ -70,7 +71,6 @@ VALID_ONLY = {"distance": "distance_valid", "sparsity": "sparsity_valid", "plaus
 # Proportions reported with a 95 % Wilson interval: metric -> (low column, high column).
 INTERVALS = {m: (f"{m}_ci_low", f"{m}_ci_high") for m in ["validity", "plausibility", "plausibility_valid"]}
 CONFIDENCE = 0.95
-VERIFIED_SUFFIX = "+verified"
 
 
 # --- feature space ------------------------------------------------------------------------
@@ -267,7 +267,8 @@ def with_verified(records: Sequence[CFRecord], spec: DatasetSpec) -> list[CFReco
     """The records plus "<method>+verified" picks for every method with more than one candidate."""
     multi = {r.method for r in records if r.candidate > 0}
     picked = verified_records([r for r in records if r.method in multi], spec)
-    return list(records) + [r.model_copy(update={"method": r.method + VERIFIED_SUFFIX}) for r in picked]
+    return list(records) + [CFRecord(**{**r.model_dump(), "method": r.method + VERIFIED_SUFFIX, "protocol": None})
+                            for r in picked]
 
 
 # --- the table ----------------------------------------------------------------------------

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from sensecf import fingerprint
 from sensecf.atomic import file_lock
+from sensecf.protocols import ProtocolName, protocol_of
 
 ParseStatus = Literal[
     "ok",  # a complete CF was parsed
@@ -60,6 +61,19 @@ class CFRecord(BaseModel):
     decode_steps: int | None = None
     error: str | None = None
     extra: dict[str, Any] = {}
+    # `paper` or `sensecf`, as the method's name says (sensecf.protocols); filled in when absent
+    protocol: ProtocolName | None = None
+
+    @model_validator(mode="after")
+    def _protocol_of_the_name(self) -> CFRecord:
+        expected = protocol_of(self.method)
+        if self.protocol is None:
+            self.protocol = expected
+        elif self.protocol != expected:
+            raise ValueError(
+                f"method '{self.method}' is a {expected} row, but the record says protocol '{self.protocol}'"
+            )
+        return self
 
     @property
     def key(self) -> tuple[str, str, int]:

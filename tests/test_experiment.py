@@ -184,7 +184,7 @@ def test_the_stamp_holds_its_four_parts_and_is_written_after_the_outputs(tiny):
 
 def test_the_code_of_the_shipped_stages_reaches_their_imports_templates_and_dispatched_modules():
     gen = {str(p.relative_to(experiment.CODE_ROOT)) for p in experiment.code_files(["eval.generate"])}
-    assert {"eval/generate.py", "sensecf/records.py", "prompts/render.py", "prompts/templates/zero_shot.j2"} <= gen
+    assert {"eval/generate.py", "sensecf/records.py", "prompts/render.py", "prompts/templates/fig4.j2"} <= gen
     assert "eval/report.py" not in gen and "augment/scarcity.py" not in gen
     # `python -m dataset_builders pairs` runs a module the dispatcher names as a string
     builders = {str(p.relative_to(experiment.CODE_ROOT)) for p in experiment.code_files(["dataset_builders"])}

@@ -41,7 +41,7 @@ def test_records_for_a_fresh_sample_drawn_like_the_baselines(run, model_dir):
     expected, _ = sample_factuals(pool, BlackBox.load(run.model, spec).predict(pool), 6, 3)
     written = json.loads((run.cfs / "factuals_test.json").read_text())
     assert written["window_ids"] == expected
-    records = read_records(run.cf_file("tiny"))
+    records = read_records(run.cf_file("tiny+grammar"))
     assert [r.window_id for r in records] == expected
     assert summary["status"] == {"ok": 6} and summary["immutables_violated"] == 0
     for r in records:
@@ -49,8 +49,8 @@ def test_records_for_a_fresh_sample_drawn_like_the_baselines(run, model_dir):
         assert r.immutables_ok is True and r.candidate == 0
         assert r.decode_steps > 0 and r.completion_tokens > r.extra["sampled_tokens"] > 0
         assert r.extra["enforcer"] == "xgrammar" and r.extra["jump_forward"] is True
-    prov = json.loads((run.cfs / "generate" / "tiny" / "provenance.json").read_text())
-    assert prov["seed"] == 3 and prov["config"]["method"] == "tiny"
+    prov = json.loads((run.cfs / "generate" / "tiny+grammar" / "provenance.json").read_text())
+    assert prov["seed"] == 3 and prov["config"]["method"] == "tiny+grammar"
     assert str(run.cfs / "factuals_test.json") in prov["inputs"]
 
 
@@ -68,9 +68,9 @@ def _shared_test_sample(run) -> tuple[list[str], dict[str, int]]:
 def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, model_dir):
     ids, predicted = _shared_test_sample(run)
     generate(run, "all", n=50, hf_options=options(model_dir), progress=False)
-    assert [r.window_id for r in read_records(run.cf_file("all"))] == ids  # fewer than n: all of them
+    assert [r.window_id for r in read_records(run.cf_file("all+grammar"))] == ids  # fewer than n: all of them
     generate(run, "head", n=4, hf_options=options(model_dir), progress=False)
-    head = [r.window_id for r in read_records(run.cf_file("head"))]
+    head = [r.window_id for r in read_records(run.cf_file("head+grammar"))]
     assert len(head) == 4 and head == [i for i in ids if i in head]  # a subset, in file order
     zeros = sum(predicted[i] == 0 for i in ids)
     ones = len(ids) - zeros
@@ -81,7 +81,7 @@ def test_the_shared_factual_file_is_used_and_n_takes_a_balanced_head_of_it(run, 
 def test_desired_class_takes_only_factuals_of_the_other_prediction(run, model_dir):
     ids, predicted = _shared_test_sample(run)
     generate(run, "to_one", n=3, desired_class=1, hf_options=options(model_dir), progress=False)
-    records = read_records(run.cf_file("to_one"))
+    records = read_records(run.cf_file("to_one+grammar"))
     expected = [i for i in ids if predicted[i] == 0][:3]
     assert expected and [r.window_id for r in records] == expected
     assert {r.desired_class for r in records} == {1}
@@ -99,7 +99,7 @@ def test_balanced_head_by_hand():
 
 def test_candidates_are_seeded_per_factual_and_candidate(run, model_dir):
     generate(run, "tiny_k", n=2, candidates=3, hf_options=options(model_dir, temperature=1.0), progress=False)
-    records = read_records(run.cf_file("tiny_k"))
+    records = read_records(run.cf_file("tiny_k+grammar"))
     assert sorted((r.window_id, r.candidate) for r in records) == sorted(
         (w, c) for w in {r.window_id for r in records} for c in range(3)
     )
@@ -109,8 +109,8 @@ def test_candidates_are_seeded_per_factual_and_candidate(run, model_dir):
 
 def test_training_split_records_go_to_their_own_folder(run, model_dir):
     generate(run, "tiny", split="train", n=2, hf_options=options(model_dir), progress=False)
-    assert len(read_records(run.cfs / "train" / "tiny.jsonl")) == 2
-    assert not run.cf_file("tiny").exists()
+    assert len(read_records(run.cfs / "train" / "tiny+grammar.jsonl")) == 2
+    assert not run.cf_file("tiny+grammar").exists()
 
 
 def test_bad_inputs_are_clear_errors(run, model_dir, tmp_path):
@@ -150,8 +150,9 @@ def test_a_peft_adapter_is_applied_and_recorded(run, model_dir, tmp_path):
     lora.save_pretrained(adapter)
     generate(run, "tiny_lora", n=2, hf_options=options(model_dir, adapter=str(adapter)), progress=False)
     generate(run, "tiny_base", n=2, hf_options=options(model_dir), progress=False)
-    with_adapter, without = read_records(run.cf_file("tiny_lora")), read_records(run.cf_file("tiny_base"))
+    with_adapter = read_records(run.cf_file("tiny_lora+grammar"))
+    without = read_records(run.cf_file("tiny_base+grammar"))
     assert all(r.parse_status == "ok" and r.extra["adapter"] == str(adapter) for r in with_adapter)
     assert [r.raw_text for r in with_adapter] != [r.raw_text for r in without]  # random LoRA weights change answers
-    prov = json.loads((run.cfs / "generate" / "tiny_lora" / "provenance.json").read_text())
+    prov = json.loads((run.cfs / "generate" / "tiny_lora+grammar" / "provenance.json").read_text())
     assert str(adapter / "adapter_model.safetensors") in prov["inputs"]

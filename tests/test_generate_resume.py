@@ -37,7 +37,7 @@ def lines(path: Path) -> int:
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(run_with_model):
     run, model_dir = run_with_model
-    out = run.cf_file("tiny")
+    out = run.cf_file("tiny+grammar")
     cmd = [sys.executable, "-m", "eval.generate", "--run", str(run.root), "--method", "tiny", "--model", str(model_dir),
            "--device", "cpu", "--n", "24", "--batch-size", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -59,5 +59,5 @@ def test_killed_run_resumes_without_loss_or_duplicates(run_with_model):
 
     # nothing lost: the same answers as one uninterrupted (greedy) run
     generate(run, "tiny_once", hf_options={"model": str(model_dir), "device": "cpu"}, n=24, progress=False)
-    once = {r.window_id: r.raw_text for r in read_records(run.cf_file("tiny_once"))}
+    once = {r.window_id: r.raw_text for r in read_records(run.cf_file("tiny_once+grammar"))}
     assert {r.window_id: r.raw_text for r in after} == once

@@ -231,7 +231,9 @@ def test_forced_text_spans_every_line_up_to_the_next_free_value():
     for value in ("50.0\n", "20.0\n"):
         cursor.accept(value)
         cursor.take_forced()
-    assert cursor.text.endswith("- Modified Deep sleep (%): 20.0\n- Modified REM sleep (%): 20.0\n- Modified Avg steps: ")
+    assert cursor.text.endswith(
+        "- Modified Deep sleep (%): 20.0\n- Modified REM sleep (%): 20.0\n- Modified Avg steps: "
+    )
     for value in ("8.25\n", "131.4\n", "1\n"):
         cursor.accept(value)
         cursor.take_forced()

@@ -285,13 +285,13 @@ def test_openai_backend_end_to_end_writes_records(tiny_run, endpoint_factory, mo
     endpoint = endpoint_factory()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     summary = generate(tiny_run, "gpt4o", "openai", n=6, openai_options={"base_url": endpoint.base_url}, progress=False)
-    records = read_records(tiny_run.cf_file("gpt4o"))
+    records = read_records(tiny_run.cf_file("gpt4o+grammar"))
     assert summary["records"] == len(records) == 6 and summary["failed"] == []
     for r in records:
         assert r.parse_status in ("ok", "incoherent") and r.immutables_ok is True
         assert r.cf_pred in (0, 1) and r.desired_class == 1 - r.factual_pred
         assert r.extra["constraint"] == "json_schema" and r.prompt_tokens == 300
-    assert (tiny_run.cfs / "generate" / "gpt4o" / "provenance.json").exists()
+    assert (tiny_run.cfs / "generate" / "gpt4o+grammar" / "provenance.json").exists()
     # resumed: nothing re-requested
     calls = endpoint.calls
     assert (

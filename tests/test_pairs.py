@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from dataset_builders.pairs import PairsError, build_pairs, main, token_lengths
 from prompts.render import build_messages
 from sensecf.blackbox import BlackBox, build_pipeline
-from sensecf.cfblock import render_block
 from sensecf.cli import run_cli
 from sensecf.models import load_tokenizer
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir

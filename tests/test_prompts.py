@@ -90,7 +90,8 @@ def fill_fig4(predicted: int, desired: int, examples: list[list[str]]) -> str:
     section = "Here are a few examples with desired outcome {outcome label}:\n\n" \
               "Example 1: Feature 1: {}, - Feature 2: {}\n\nExample 2: Feature 1: {}, - Feature 2: {}\n\n"
     assert section in text
-    text = text.replace(section, f"Here are a few examples with desired outcome {desired}:\n\n{shots}" if examples else "")
+    header = f"Here are a few examples with desired outcome {desired}:\n\n"
+    text = text.replace(section, header + shots if examples else "")
     text = text.replace("the model predicted label {}:", f"the model predicted label {predicted}:")
     text = text.replace("- Feature 1: {}\n- Feature 2: {}", "\n".join(f"- {line}" for line in INSTANCE))
     text = text.replace("from {outcome label} to {desired label}", f"from {predicted} to {desired}")

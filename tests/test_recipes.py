@@ -18,9 +18,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from dataset_builders.pairs import MAX_TOKENS
 from launch.recipe_check import RecipeError, check_recipe, load_recipe, unknown_keys
 from launch.train import main as train_main
-from dataset_builders.pairs import MAX_TOKENS
 from launch.train import resolve_recipe
 from prompts.render import training_messages
 from sensecf.models import _tokenizer_dir, embedded_model_dir

@@ -69,7 +69,8 @@ def _copy_model_with_other_weights(run, model_dir):
 RESUME_FAULTS = [
     Fault("temperature", "re-run with --temperature 0.9", "stop",
           {"second": {"temperature": 0.9}, "names": "temperature"}),
-    Fault("free-mode", "re-run with --free", "stop", {"second": {"free": True}, "names": "free"}),
+    Fault("group-bounds", "re-run with --no-group-bounds", "stop",
+          {"second": {"bound_groups": False}, "names": "bound_groups"}),
     Fault("enforcer", "re-run with --enforcer lmfe", "stop", {"second": {"enforcer": "lmfe"}, "names": "enforcer"}),
     Fault("seed", "re-run with another --seed", "stop", {"seed": 5, "names": "seed"}),
     Fault("classifier", "classifier re-trained between runs", "stop",
@@ -91,7 +92,7 @@ def test_a_resume_with_other_settings_stops_and_names_them(fault, run, model_dir
     """The CF file's fingerprint covers each setting: a file begun with the first settings
     refuses the second and names the part that changed."""
     generate(run, "tiny", n=2, seed=0, hf_options=_hf(model_dir), progress=False)
-    before = run.cf_file("tiny").read_bytes()
+    before = run.cf_file("tiny+grammar").read_bytes()
     if "change" in fault.args:
         fault.args["change"](run, model_dir)
     second = dict(fault.args.get("second", {}))
@@ -99,24 +100,24 @@ def test_a_resume_with_other_settings_stops_and_names_them(fault, run, model_dir
         second["model"] = str(fault.args["model"](run, model_dir))
     parts = _parts(run, model_dir, fault.args.get("seed", 0), **second)
     with pytest.raises(FingerprintMismatch, match=fault.args["names"]) as info:
-        RecordWriter(run.cf_file("tiny"), parts)
+        RecordWriter(run.cf_file("tiny+grammar"), parts)
     assert "--overwrite" in str(info.value)
-    assert run.cf_file("tiny").read_bytes() == before  # nothing written under the wrong name
+    assert run.cf_file("tiny+grammar").read_bytes() == before  # nothing written under the wrong name
 
 
 def test_overwrite_moves_the_old_records_aside_and_provenance_matches_the_new(run, model_dir):
     generate(run, "tiny", n=4, seed=0, hf_options=_hf(model_dir), progress=False)
-    before = run.cf_file("tiny").read_bytes()
+    before = run.cf_file("tiny+grammar").read_bytes()
     with pytest.raises(FingerprintMismatch, match=r"config.temperature: 0.0 -> 0.9"):
         generate(run, "tiny", n=4, seed=0, hf_options=_hf(model_dir, temperature=0.9), progress=False)
     summary = generate(run, "tiny", n=4, seed=0, hf_options=_hf(model_dir, temperature=0.9), overwrite=True,
                        progress=False)
-    kept = list(run.cfs.glob("tiny.jsonl.replaced-*[0-9]"))
+    kept = list(run.cfs.glob("tiny+grammar.jsonl.replaced-*[0-9]"))
     assert len(kept) == 1 and kept[0].read_bytes() == before  # moved aside, never deleted
     assert summary["already_done"] == 0 and summary["records"] == 4
-    assert {r.extra["temperature"] for r in read_records(run.cf_file("tiny"))} == {0.9}
-    fp = json.loads((run.cfs / "tiny.jsonl.fingerprint.json").read_text())
-    prov = json.loads((run.cfs / "generate" / "tiny" / "provenance.json").read_text())
+    assert {r.extra["temperature"] for r in read_records(run.cf_file("tiny+grammar"))} == {0.9}
+    fp = json.loads((run.cfs / "tiny+grammar.jsonl.fingerprint.json").read_text())
+    prov = json.loads((run.cfs / "generate" / "tiny+grammar" / "provenance.json").read_text())
     assert prov["config"]["fingerprint"] == fp["sha256"]  # provenance describes the records on disk
 
 
@@ -133,7 +134,7 @@ def test_generate_cli_names_the_change_in_one_line(run, model_dir):
     args = ["--run", run.root, "--method", "tiny", "--model", model_dir, "--device", "cpu", "--n", "2", "--quiet"]
     assert run_module("eval.generate", *args).rc == 0
     out = run_module("eval.generate", *args, "--temperature", "0.9")
-    line = assert_one_line_error(out, "tiny.jsonl", "temperature", "--overwrite")
+    line = assert_one_line_error(out, "tiny+grammar.jsonl", "temperature", "--overwrite")
     assert "0.0 -> 0.9" in line
 
 
@@ -205,7 +206,7 @@ def test_a_second_process_on_a_locked_run_fails_with_one_line(run, model_dir):
         out = run_module("eval.generate", "--run", run.root, "--method", "tiny", "--model", model_dir,
                          "--device", "cpu", "--n", "2", "--quiet")
         assert_one_line_error(out, ".lock", "another writer holds this lock", f"pid {holder.pid}")
-        assert not run.cf_file("tiny").exists()
+        assert not run.cf_file("tiny+grammar").exists()
     finally:
         holder.kill()
         holder.wait()

@@ -258,9 +258,10 @@ def test_bad_answers_become_records_through_eval_generate(fault, tiny_run, endpo
                3: error_reply(400, "Invalid prompt: flagged")}
     endpoint = endpoint_factory(script=lambda call, body: replies.get(call), content=lambda body: FREE_BLOCK)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    options = {"base_url": endpoint.base_url, "constraint": "none", "concurrency": 1}
-    summary = generate(tiny_run, "gpt4o", "openai", n=6, openai_options=options, progress=False)
+    options = {"base_url": endpoint.base_url, "concurrency": 1}
+    summary = generate(tiny_run, "gpt4o", "openai", n=6, protocol="paper", openai_options=options, progress=False)
     records = read_records(tiny_run.cf_file("gpt4o"))
+    assert {r.protocol for r in records} == {"paper"} and {r.extra["constraint"] for r in records} == {"none"}
     assert summary["failed"] == [] and len(records) == 6
     by_status = {}
     for r in records:
@@ -272,5 +273,6 @@ def test_bad_answers_become_records_through_eval_generate(fault, tiny_run, endpo
     assert by_status["error"][0].error == "HTTP 400: Invalid prompt: flagged"
     assert all(r.cf is None and r.cf_pred is None for s in ("error", "parse_error", "refusal") for r in by_status[s])
     calls = endpoint.calls
-    assert generate(tiny_run, "gpt4o", "openai", n=6, openai_options=options, progress=False)["already_done"] == 6
+    again = generate(tiny_run, "gpt4o", "openai", n=6, protocol="paper", openai_options=options, progress=False)
+    assert again["already_done"] == 6
     assert endpoint.calls == calls
