@@ -13,9 +13,14 @@ nice, teacher) goes to RUN/cfs/<method>.jsonl (test split) or RUN/cfs/<split>/<m
 Immutables are fixed, not just checked: DiCE through `features_to_vary`, cfnow and NICE by
 searching only the mutable columns. Composition groups are not repaired: each record says in
 `extra` whether they hold, and coherence is reported as a metric. CF values are rounded to
-display precision before the black box predicts `cf_pred`; when a method returns several CFs
-the nearest valid one is kept (the nearest overall if none is valid). A method that raises or
-runs out of time yields an "error"/"timeout" record, never a crash.
+display precision before the black box predicts `cf_pred`.
+
+Two protocols from one library call (sensecf.protocols): DiCE and cfnow return several CFs; the
+paper's row (`dice_random`, `cfnow`) keeps the first as the library returns it, our row
+(`dice_random+best_of_k`, `cfnow+best_of_k`) the nearest valid one (the nearest overall if none
+is valid). NICE returns one CF (its row is the paper's); the teacher is ours. A method that
+raises or runs out of time yields an "error"/"timeout" record in each row, never a crash; such a
+record counts as invalid.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +41,7 @@ import typer
 from tqdm import tqdm
 
 from eval.metrics import coherent, distance, feature_frame
-from sensecf import fingerprint
+from sensecf import fingerprint, protocols
 from sensecf.atomic import run_lock, write_json
 from sensecf.blackbox import BlackBox
 from sensecf.cli import run_cli
@@ -46,6 +51,9 @@ from sensecf.spec import DatasetSpec
 from sensecf.wandb_log import log_metrics, stage_run
 
 METHODS = ("dice_random", "dice_genetic", "cfnow", "nice", "teacher")
+# Libraries that return several CFs per factual: their paper row keeps the first, as the library
+# returns it; the sensecf row `<method>+best_of_k` keeps the nearest valid (sensecf.protocols).
+SEVERAL_CANDIDATES = ("dice_random", "dice_genetic", "cfnow")
 # --methods accepts these families; "dice" expands to one method per --dice-method.
 FAMILIES = ("dice", "cfnow", "nice", "teacher")
 
@@ -236,11 +244,16 @@ def failure_record(base: dict, status: str, message: str, seconds: float) -> CFR
     return CFRecord(**base, parse_status=status, seconds=seconds, error=message)
 
 
-def cf_record(spec: DatasetSpec, blackbox: BlackBox, base: dict, candidates: list[dict], seconds: float) -> CFRecord:
-    """The record of a method's answer: the chosen CF, or "no_cf" when it returned none."""
+def cf_record(
+    spec: DatasetSpec, blackbox: BlackBox, base: dict, candidates: list[dict], seconds: float,
+    pick: str = "nearest_valid",
+) -> CFRecord:
+    """The record of a method's answer: the CF its protocol picks ("first": the library's first,
+    "nearest_valid": the valid one nearest the factual), or "no_cf" when it returned none."""
     if not candidates:
         return failure_record(base, "no_cf", "the method returned no counterfactual", seconds)
-    cf, cf_pred, n_valid = choose_cf(spec, blackbox, base["factual"], base["desired_class"], candidates)
+    pool = candidates[:1] if pick == "first" else candidates
+    cf, cf_pred, n_valid = choose_cf(spec, blackbox, base["factual"], base["desired_class"], pool)
     return CFRecord(
         **base,
         cf=cf,
@@ -248,7 +261,8 @@ def cf_record(spec: DatasetSpec, blackbox: BlackBox, base: dict, candidates: lis
         immutables_ok=immutables_kept(spec, base["factual"], cf),
         cf_pred=cf_pred,
         seconds=seconds,
-        extra={"candidates": len(candidates), "valid_candidates": n_valid, **group_report(spec, cf)},
+        extra={"candidates": len(candidates), "pick": pick, "valid_candidates_seen": n_valid,
+               **group_report(spec, cf)},
     )
 
 
@@ -258,25 +272,34 @@ def run_search_method(
     todo: list[dict],
     spec: DatasetSpec,
     blackbox: BlackBox,
-    writer: RecordWriter,
+    writers: dict[str, tuple[RecordWriter, str]],
     timeout_seconds: float,
     progress: bool,
-) -> Counter:
-    """One library call per factual, timed with perf_counter; every outcome becomes a record."""
-    counts: Counter = Counter()
+) -> dict[str, Counter]:
+    """One library call per factual, timed with perf_counter; every outcome becomes a record in
+    each row still missing it ({row: (writer, pick)}: the paper's first CF, our nearest valid)."""
+    counts: dict[str, Counter] = {row: Counter() for row in writers}
     for base in tqdm(todo, desc=method, disable=not progress, unit="cf"):
+        rows = {row: wp for row, wp in writers.items() if not wp[0].is_done(base["window_id"], row)}
         start = time.perf_counter()
         try:
             with time_limit(timeout_seconds):
                 candidates = explain(base["factual"], base["desired_class"])
             seconds = time.perf_counter() - start
-            record = cf_record(spec, blackbox, base, candidates, seconds)
+            records = {row: cf_record(spec, blackbox, {**base, "method": row}, candidates, seconds, pick)
+                       for row, (_, pick) in rows.items()}
         except MethodTimeout as e:
-            record = failure_record(base, "timeout", str(e), time.perf_counter() - start)
+            failure = ("timeout", str(e))
         except Exception as e:  # a failure on one factual (or an unusable answer) must not end the run
-            record = failure_record(base, "error", f"{type(e).__name__}: {e}", time.perf_counter() - start)
-        writer.write(record)
-        counts[record.parse_status] += 1
+            failure = ("error", f"{type(e).__name__}: {e}")
+        else:
+            failure = None
+        if failure:
+            seconds = time.perf_counter() - start
+            records = {row: failure_record({**base, "method": row}, *failure, seconds) for row in rows}
+        for row, record in records.items():
+            rows[row][0].write(record)
+            counts[row][record.parse_status] += 1
     return counts
 
 
@@ -384,16 +407,25 @@ def run_baselines(
         return _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, progress)
 
 
-def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str]) -> dict:
-    """A baseline CF file's fingerprint: its search settings, classifier, cohort and factual set."""
-    settings = {"seed": cfg.seed, "timeout_seconds": cfg.timeout_seconds}
+def method_rows(method: str) -> dict[str, str]:
+    """{row: pick} of a method: the paper's first CF and our nearest valid of k for a library that
+    returns several, the one row of NICE (one CF by construction) and of the teacher."""
+    if method not in SEVERAL_CANDIDATES:
+        return {method: protocols.PROTOCOLS["paper"].baseline_pick}
+    return {protocols.row_name(method, name, "baseline"): p.baseline_pick for name, p in protocols.PROTOCOLS.items()}
+
+
+def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str], row: str | None = None,
+                 pick: str = "first") -> dict:
+    """A baseline CF file's fingerprint: its search settings, pick rule, classifier, cohort and factual set."""
+    settings = {"seed": cfg.seed, "timeout_seconds": cfg.timeout_seconds, "pick": pick}
     if method.startswith("cfnow"):
         settings.update(cfnow_seconds=cfg.cfnow_seconds, cfnow_strategy=cfg.cfnow_strategy)
     elif method.startswith("nice"):
         settings.update(nice_optimization=cfg.nice_optimization)
     elif method == "teacher":
         settings.update(teacher_per_factual=cfg.teacher_per_factual)
-    return fingerprint.cf_parts(run, {"method": method, **settings}, ids)
+    return fingerprint.cf_parts(run, {"method": row or method, **settings}, ids)
 
 
 def _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, progress) -> dict:
@@ -403,34 +435,42 @@ def _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, p
     summary: dict = {"split": split, "n_factuals": len(chosen), "sample": note, "methods": {}, "failed_methods": {}}
     ids = read_factual_ids(factuals_file(run, split))
     for method in methods:
-        parts = method_parts(run, method, cfg, ids)
-        with RecordWriter(out_dir / f"{method}.jsonl", parts, overwrite=overwrite) as writer:
-            if writer.moved_aside:
-                summary.setdefault("moved_aside", {})[method] = str(writer.moved_aside)
+        rows = method_rows(method)
+        with ExitStack() as stack:
+            writers = {}
+            for row, pick in rows.items():
+                parts = method_parts(run, method, cfg, ids, row, pick)
+                writer = stack.enter_context(RecordWriter(out_dir / f"{row}.jsonl", parts, overwrite=overwrite))
+                writers[row] = (writer, pick)
+                if writer.moved_aside:
+                    summary.setdefault("moved_aside", {})[row] = str(writer.moved_aside)
             todo = [
                 base_record(method, row, native_values(spec, row), int(row["factual_pred"]))
                 for _, row in chosen.iterrows()
-                if not writer.is_done(str(row[ID_COL]), method)
+                if not all(w.is_done(str(row[ID_COL]), name) for name, (w, _) in writers.items())
             ]
             skipped = len(chosen) - len(todo)
             try:
                 if method == "teacher":
-                    counts = run_teacher(todo, train, spec, blackbox, writer, progress, cfg.teacher_per_factual)
+                    counts = {method: run_teacher(todo, train, spec, blackbox, writers[method][0], progress,
+                                                  cfg.teacher_per_factual)}
                 else:
                     explainer = make_explainer(method, spec, train, blackbox, cfg)
                     counts = run_search_method(
-                        method, explainer.explain, todo, spec, blackbox, writer, cfg.timeout_seconds, progress
+                        method, explainer.explain, todo, spec, blackbox, writers, cfg.timeout_seconds, progress
                     )
             except Exception as e:  # set-up failed (bad data for this library): go on with the others
                 summary["failed_methods"][method] = f"{type(e).__name__}: {e}"
                 continue
-        all_records = [r for r in read_records(out_dir / f"{method}.jsonl") if r.window_id in wanted]
-        summary["methods"][method] = {
-            "written": dict(counts),
-            "already_done": skipped,
-            "status": dict(Counter(r.parse_status for r in all_records)),
-            "seconds_per_cf": float(np.mean([r.seconds for r in all_records])) if all_records else None,
-        }
+        for row in rows:
+            all_records = [r for r in read_records(out_dir / f"{row}.jsonl") if r.window_id in wanted]
+            summary["methods"][row] = {
+                "protocol": protocols.protocol_of(row),
+                "written": dict(counts[row]),
+                "already_done": skipped,
+                "status": dict(Counter(r.parse_status for r in all_records)),
+                "seconds_per_cf": float(np.mean([r.seconds for r in all_records])) if all_records else None,
+            }
     write_provenance(
         out_dir / "baselines",
         config={"methods": methods, "split": split, "n": n, **asdict(cfg), "summary": summary},

@@ -31,6 +31,7 @@ from eval.metrics import INTERVALS, METRIC_DIRECTIONS, VALID_ONLY, cf_metrics, w
 from sensecf.atomic import atomic_path, run_lock, write_text
 from sensecf.blackbox import BlackBox
 from sensecf.cli import InputError, run_cli
+from sensecf.protocols import protocol_of
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import RunDir, write_provenance
 
@@ -88,7 +89,7 @@ def table3(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     column, every method tied at the best shown value (only where at least two methods have a value;
     never the interval columns, nor distance/sparsity/plausibility over all parsed CFs: their valid-CF
     columns are marked instead)."""
-    methods = list(dict.fromkeys(metrics["method"]))
+    methods = sorted(dict.fromkeys(metrics["method"]), key=row_order)
     columns = pd.MultiIndex.from_product([[0, 1], CSV_COLUMNS], names=["class", "metric"])
     values = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for _, row in metrics.iterrows():
@@ -104,6 +105,11 @@ def table3(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         target = shown.max() if METRIC_DIRECTIONS[m] == "max" else shown.min()
         best[(cls, m)] = shown == target
     return values, best
+
+
+def row_order(row: str) -> tuple[str, int, str]:
+    """A paper row first, its variants right after it: `llama31_ft`, `llama31_ft+grammar`, ..."""
+    return (row.partition("+")[0], 0 if protocol_of(row) == "paper" else 1, row)
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -131,6 +137,11 @@ def _cell(values: pd.DataFrame, best: pd.DataFrame, method: str, col: tuple[int,
 
 
 TABLE_NOTES = [
+    "Protocol: *paper* = the method as published (Fig. 4 verbatim, free decoding with the `<new>` block parsed "
+    "leniently, a baseline's first CF as the library returns it); *sensecf* = ours, in the rows beside it "
+    "(`+grammar`: the same prompt under the grammar / JSON schema; `+best_of_k`: the nearest valid of the "
+    "library's CFs; `+verified`: the valid one nearest the factual among k sampled answers; the teacher). "
+    "Only paper rows can stand next to the paper's numbers.",
     "Validity and plausibility: value [95 % Wilson score interval]; validity over all n factuals (an answer "
     "that failed to parse counts as invalid), plausibility over the n parsed CFs, plausibility (valid) over "
     "the n valid CFs.",
@@ -152,6 +163,7 @@ def _header(metric: str) -> str:
 def write_csv(values: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
     flat = values.copy()
     flat.columns = [f"class{c}_{m}" for c, m in values.columns]
+    flat.insert(0, "protocol", [protocol_of(m) for m in values.index])
     flat["best"] = [";".join(f"class{c}_{m}" for c, m in best.columns if best.loc[method, (c, m)])
                     for method in values.index]
     with atomic_path(path) as tmp:
@@ -161,10 +173,10 @@ def write_csv(values: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path:
 
 def markdown_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str]) -> str:
     shown = _shown(values)
-    heads = ["Method"] + [f"C{c} {_header(m)}" for c, m in shown]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * len(shown)]
+    heads = ["Method", "Protocol"] + [f"C{c} {_header(m)}" for c, m in shown]
+    lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(shown)]
     for method in values.index:
-        cells = [method] + [_cell(values, best, method, col, "**{}**") for col in shown]
+        cells = [method, protocol_of(method)] + [_cell(values, best, method, col, "**{}**") for col in shown]
         lines.append("| " + " | ".join(cells) + " |")
     legend = (
         f"C0 = factuals predicted {classes[0]} (CF sought: {classes[1]}); C1 = factuals predicted {classes[1]}. "
@@ -191,16 +203,16 @@ def latex_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str
         rf"\caption{{{_tex_escape(caption)}}}",
         r"\label{tab:table3}",
         r"\resizebox{\textwidth}{!}{%",
-        rf"\begin{{tabular}}{{l{'r' * len(shown)}}}",
+        rf"\begin{{tabular}}{{ll{'r' * len(shown)}}}",
         r"\toprule",
-        rf" & \multicolumn{{{per_class}}}{{c}}{{Class 0 ({_tex_escape(classes[0])})}}"
+        rf" & & \multicolumn{{{per_class}}}{{c}}{{Class 0 ({_tex_escape(classes[0])})}}"
         rf" & \multicolumn{{{per_class}}}{{c}}{{Class 1 ({_tex_escape(classes[1])})}} \\",
-        rf"\cmidrule(lr){{2-{per_class + 1}}} \cmidrule(lr){{{per_class + 2}-{2 * per_class + 1}}}",
-        "Method & " + " & ".join(heads) + r" \\",
+        rf"\cmidrule(lr){{3-{per_class + 2}}} \cmidrule(lr){{{per_class + 3}-{2 * per_class + 2}}}",
+        "Method & Protocol & " + " & ".join(heads) + r" \\",
         r"\midrule",
     ]
     for method in values.index:
-        cells = [_tex_escape(method)]
+        cells = [_tex_escape(method), protocol_of(method)]
         cells += [_cell(values, best, method, col, r"\textbf{{{}}}").replace("–", "--") for col in shown]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""]

@@ -17,6 +17,7 @@ from eval.baselines import (
     MethodTimeout,
     choose_cf,
     expand_methods,
+    native_values,
     rounded_cf,
     run_baselines,
     sample_factuals,
@@ -25,7 +26,7 @@ from eval.baselines import (
 from eval.classifier import train_and_evaluate
 from sensecf.blackbox import BlackBox
 from sensecf.records import read_records
-from sensecf.rundir import ID_COL
+from sensecf.rundir import ID_COL, SPLIT_COL
 
 FAST = BaselineConfig(seed=0, cfnow_seconds=1, timeout_seconds=60)
 
@@ -322,3 +323,46 @@ def test_cfnow_import_attempts_no_download():
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_one_library_call_writes_the_papers_first_cf_and_our_nearest_valid(aireadi, monkeypatch):
+    """DiCE's paper row keeps the library's first CF (here the factual itself: it counts as
+    invalid), our +best_of_k row the valid one nearest the factual; both from the same call."""
+    df, spec = aireadi.load_cohort()
+    blackbox = BlackBox.load(aireadi.model, spec)
+    train = df[df[SPLIT_COL] == "train"]
+    predicted = blackbox.predict(train)
+    calls = []
+
+    def candidates(factual, desired):
+        """The factual, then training windows predicted `desired` with the factual's immutables."""
+        windows = [native_values(spec, row) for (_, row), p in zip(train.iterrows(), predicted, strict=True)
+                   if p == desired][:6]
+        return [dict(factual)] + [{**w, **{f.name: factual[f.name] for f in spec.immutable}} for w in windows]
+
+    class Scripted:
+        def explain(self, factual, desired):
+            calls.append(factual)
+            return candidates(factual, desired)
+
+    monkeypatch.setattr(baselines, "make_explainer", lambda *a, **k: Scripted())
+    summary = run_baselines(aireadi, ["dice_random"], n=4, cfg=FAST, progress=False)
+    assert len(calls) == 4  # one call per factual for both rows
+    assert set(summary["methods"]) == {"dice_random", "dice_random+best_of_k"}
+    assert summary["methods"]["dice_random"]["protocol"] == "paper"
+    assert summary["methods"]["dice_random+best_of_k"]["protocol"] == "sensecf"
+    first = {r.window_id: r for r in read_records(aireadi.cf_file("dice_random"))}
+    best = {r.window_id: r for r in read_records(aireadi.cf_file("dice_random+best_of_k"))}
+    assert set(first) == set(best) and len(first) == 4
+    for wid, r in first.items():
+        assert r.cf == rounded_cf(spec, r.factual) and not r.valid  # the library's first, as it came
+        assert r.extra["pick"] == "first" and r.extra["candidates"] == 7
+        b = best[wid]
+        assert b.extra["pick"] == "nearest_valid" and b.protocol == "sensecf"
+        expected, _, n_valid = choose_cf(spec, blackbox, r.factual, r.desired_class, candidates(r.factual,
+                                                                                                r.desired_class))
+        assert b.cf == expected and b.valid == (n_valid > 0)
+    assert any(b.valid for b in best.values())
+    # a re-run resumes both rows without calling the library again
+    run_baselines(aireadi, ["dice_random"], n=4, cfg=FAST, progress=False)
+    assert len(calls) == 4

@@ -68,8 +68,10 @@ def test_build_report_writes_every_artifact_with_every_method(fixture, request):
     table = pd.read_csv(paths["table3.csv"])
     assert table.method.tolist() == methods
     md, tex = paths["table3.md"].read_text(), paths["table3.tex"].read_text()
+    protocols = {"broken": "paper", "noisy": "paper", "noisy+verified": "sensecf", "teacher": "sensecf"}
+    assert table.protocol.tolist() == [protocols[m] for m in methods]
     for m in methods:
-        assert f"| {m} |" in md and m in tex
+        assert f"| {m} | {protocols[m]} |" in md and f"{m} & {protocols[m]} &".replace("_", r"\_") in tex
     assert "**" in md and r"\textbf{" in tex
 
     row = table.set_index("method")
@@ -172,17 +174,17 @@ def test_markdown_and_latex_cells_carry_intervals_and_dashes():
     assert "over valid CFs only" in md and "the total number of CF instances" in md
 
     tex = latex_table(values, best, classes, "cap")
-    assert r"ft & 20 & \textbf{0.300} [0.145, 0.519] & 19 & " in tex
-    assert r"copy & 20 & 0.000 [0.000, 0.161] & 20 & 0.056 & 0.500 & 1.000 [0.839, 1.000] & 0 & -- & -- & -- & " in tex
-    n_columns = len(md.splitlines()[0].split("|")) - 3  # minus the Method cell and the two outer bars
-    assert rf"\begin{{tabular}}{{l{'r' * n_columns}}}" in tex
+    assert r"ft & paper & 20 & \textbf{0.300} [0.145, 0.519] & 19 & " in tex
+    assert r"copy & paper & 20 & 0.000 [0.000, 0.161] & 20 & 0.056 & 0.500 & 1.000 [0.839, 1.000] & 0 & -- & -- & -- & " in tex
+    n_columns = len(md.splitlines()[0].split("|")) - 4  # minus the Method and Protocol cells and the outer bars
+    assert rf"\begin{{tabular}}{{ll{'r' * n_columns}}}" in tex
 
 
 def test_cli_prints_table_and_filters_methods(tiny_run):
     _write_fake_cfs(tiny_run)
     result = CliRunner().invoke(app, ["--run", str(tiny_run.root), "--methods", "teacher,noisy"])
     assert result.exit_code == 0, result.output
-    assert "| teacher |" in result.output and "| noisy+verified |" in result.output
+    assert "| teacher | sensecf |" in result.output and "| noisy+verified | sensecf |" in result.output
     assert "broken" not in pd.read_csv(tiny_run.eval / "table3.csv").method.tolist()
 
     result = CliRunner().invoke(app, ["--run", str(tiny_run.root), "--methods", "gpt9"])
