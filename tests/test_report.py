@@ -175,7 +175,8 @@ def test_markdown_and_latex_cells_carry_intervals_and_dashes():
 
     tex = latex_table(values, best, classes, "cap")
     assert r"ft & paper & 20 & \textbf{0.300} [0.145, 0.519] & 19 & " in tex
-    copy_row = r"copy & paper & 20 & 0.000 [0.000, 0.161] & 20 & 0.056 & 0.500 & 1.000 [0.839, 1.000] & 0 & -- & -- & -- & "
+    copy_row = (r"copy & paper & 20 & 0.000 [0.000, 0.161] & 20 & 0.056 & 0.500 & 1.000 [0.839, 1.000] & 0 & "
+                r"-- & -- & -- & ")
     assert copy_row in tex
     n_columns = len(md.splitlines()[0].split("|")) - 4  # minus the Method and Protocol cells and the outer bars
     assert rf"\begin{{tabular}}{{ll{'r' * n_columns}}}" in tex
