@@ -89,9 +89,11 @@ def copy_sources(run: RunDir, scratch: RunDir, n_sources: int, only: str | None 
     names = []
     for i in range(max(n_sources, len(found))):
         path = found[i % len(found)]
-        name = path.stem if i < len(found) else f"{path.stem}_copy{i // len(found)}"
+        base, plus, variant = path.stem.partition("+")  # the copy keeps the row's variant suffix
+        name = path.stem if i < len(found) else f"{base}_copy{i // len(found)}{plus}{variant}"
         with RecordWriter(target / f"{name}.jsonl") as writer:
-            writer.write_all(r.model_copy(update={"method": name}) for r in read_records(path))
+            writer.write_all(CFRecord(**{**r.model_dump(), "method": name, "protocol": None})
+                             for r in read_records(path))
         names.append(name)
     return names
 

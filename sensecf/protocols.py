@@ -71,4 +71,5 @@ def protocol_of(row: str) -> ProtocolName:
         if unknown:
             raise ValueError(f"row '{row}': unknown variant suffix {sorted(unknown)}; known: {sorted(_suffixes())}")
         return "sensecf"
-    return "sensecf" if base in OUR_METHODS else "paper"
+    ours = any(base == m or base.startswith(m + "_") for m in OUR_METHODS)  # teacher, teacher_1, ...
+    return "sensecf" if ours else "paper"

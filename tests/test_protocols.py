@@ -25,7 +25,7 @@ def test_row_names_by_protocol():
     ("row", "protocol"),
     [("gpt4o_zs", "paper"), ("dice_genetic", "paper"), ("nice", "paper"), ("teacher", "sensecf"),
      ("llama31_ft+grammar", "sensecf"), ("cfnow+best_of_k", "sensecf"), ("smollm2_ft+verified", "sensecf"),
-     ("smollm2_ft+grammar+verified", "sensecf")],
+     ("smollm2_ft+grammar+verified", "sensecf"), ("teacher_2", "sensecf"), ("teachers", "paper")],
 )
 def test_protocol_of_a_row(row, protocol):
     assert protocol_of(row) == protocol
