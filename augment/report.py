@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from augment.claims import claims
 from sensecf.atomic import run_lock, write_text
 from sensecf.cli import InputError, run_cli
 from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, file_sha256, write_provenance
@@ -39,7 +40,7 @@ from sensecf.spec import DatasetSpec
 CLASSIFIER_METRICS = ["ACC", "PRE", "REC", "F1", "AUC"]
 SECTIONS = [
     "Data quality", "Classifier", "Table III", "Figs. 6 and 8", "Intervention", "Table IV", "Figs. 7 and 1",
-    "Fine-tuning", "Timing", "Reproducibility", "Notes",
+    "Paper's claims", "Fine-tuning", "Timing", "Reproducibility", "Notes",
 ]
 NOT_RUN = "not run"
 # Where the figures live (relative to the run directory), what they show, which command draws them.
@@ -341,6 +342,21 @@ def section_figs_7_1(run: RunDir) -> str:
     return "\n".join(figure(run, k) for k in ("fig7", "fig1"))
 
 
+def section_claims(run: RunDir) -> str:
+    """Each claim of the paper with this run's number, its 95 % interval and a verdict (augment.claims)."""
+    metrics_path, t4_path = run.eval / "cf_metrics.csv", run.augment / "table4.csv"
+    if not metrics_path.is_file():
+        return not_run(run, metrics_path, "table3")
+    table4 = pd.read_csv(t4_path) if t4_path.is_file() else None
+    rows = claims(pd.read_csv(metrics_path), table4, real_data=not run.is_synthetic())
+    header = {"claim": "Claim", "paper": "Paper", "run": "This run (95 % interval)", "verdict": "Verdict"}
+    text = md_table([{header[k]: v for k, v in row.items()} for row in rows])
+    return text + ("\nOnly paper-protocol rows are compared with the paper. Verdicts: reproduced (the effect "
+                   "beyond this run's intervals, or the claimed value inside them), not reproduced, inconclusive "
+                   "(intervals overlap), not measured; \"needs AI-READI + 8B weights\" where this run has not the "
+                   "paper's data or models, so its verdict says nothing about the paper's numbers.\n")
+
+
 def trainer_state(folder: Path) -> dict | None:
     """The trainer state Axolotl (HF Trainer) left: the output folder's, else the last checkpoint's."""
     if (folder / "trainer_state.json").is_file():
@@ -513,6 +529,7 @@ SECTION_BUILDERS = {
     "Intervention": section_intervention,
     "Table IV": section_table4,
     "Figs. 7 and 1": section_figs_7_1,
+    "Paper's claims": section_claims,
     "Fine-tuning": section_finetuning,
     "Timing": section_timing,
     "Reproducibility": section_reproducibility,

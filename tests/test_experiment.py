@@ -84,6 +84,42 @@ def test_shipped_experiments_name_real_modules_and_earlier_outputs(name):
         produced.update(stage.outputs)
 
 
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_every_stage_command_parses_against_its_cli(name):
+    """Each stage's options exist and take their values, parsed by the stage's own typer command
+    (nothing runs): a renamed or misspelled option in a GPU-only recipe fails here, on a CPU."""
+    import importlib
+    import re
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    from launch.experiment import _fill
+
+    repo = Path(__file__).resolve().parents[1]
+    exp = load_experiment(repo / "recipes" / "experiments" / f"{name}.yml")
+    env = {var: f"/x/{var.lower()}" for stage in exp.stages for var in re.findall(r"\$\{(\w+)\}", stage.cmd)}
+    for stage in exp.stages:
+        args = shlex.split(_fill(stage.cmd, "runs/x", env))
+        module = args[args.index("-m") + 1]
+        rest = args[args.index("-m") + 2 :]
+        if module == "dataset_builders":
+            from dataset_builders.__main__ import COMMANDS
+
+            module, rest = COMMANDS[rest[0]][0], rest[1:]
+        target = importlib.import_module(module)
+        app = getattr(target, "app", None)
+        if not isinstance(app, typer.Typer):
+            app = typer.Typer(add_completion=False)
+            app.command()(target.main)
+        command = typer.main.get_command(app)
+        try:
+            command.make_context(module, list(rest))
+        except Exception as e:  # click's UsageError / BadParameter name the option
+            pytest.fail(f"{name}.yml stage {stage.name}: {module} {' '.join(rest)}: {e}")
+
+
 # ---- freshness: what makes a stage re-run ---------------------------------------------------
 
 import platform  # noqa: E402
