@@ -178,6 +178,11 @@ def test_every_section_is_there_in_order_with_the_stage_results(full_run):
     assert re.search(r"\| \**\d\.\d{3}\** \[\d\.\d{3}, \d\.\d{3}\] \|", table3)
     assert "over all parsed CFs, valid or not (the paper's averaging), and over valid CFs only" in table3
 
+    claims = by["Paper's claims"]  # smollm2_zs alone: no pair to compare, a synthetic cohort
+    assert row("Fine-tuning raises validity", "Llama-3.1-8B 0.62 → 0.99",
+               "no zero-shot and fine-tuned pair of paper rows", "not measured").search(claims)
+    assert "needs AI-READI + 8B weights" in claims and "Only paper-protocol rows" in claims
+
     for section, links in [("Figs. 6 and 8", ["eval/fig6.png", "eval/fig8.png"]),
                            ("Figs. 7 and 1", ["augment/fig7.png", "augment/fig1.png"])]:
         found = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", by[section])
