@@ -35,6 +35,7 @@ keyed with the run's secret (sensecf.privacy), never derived from a window id al
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections import Counter
 from dataclasses import asdict
@@ -270,6 +271,8 @@ def generate(
     if candidates > 1 and temperature <= 0:
         raise GenerateError(f"--candidates {candidates} needs --temperature > 0 (greedy answers are all the same)")
     if backend == "openai":
+        # With no --base-url the OpenAI SDK sends to $OPENAI_BASE_URL when set: check that host, not OpenAI's.
+        api["base_url"] = api.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
         try:
             privacy.check_endpoint(api.get("base_url"), synthetic=run.is_synthetic(),
                                    allowed_host=allow_external_api, cohort=run.cohort)
@@ -429,7 +432,9 @@ def main(
     ),
     max_new_tokens: int = typer.Option(256, help="hf, paper protocol: answer token budget"),
     api_model: str = typer.Option("gpt-4o-2024-08-06", help="openai: model (the LoRA name for vllm serve)"),
-    base_url: str | None = typer.Option(None, help="openai: endpoint, e.g. http://localhost:8000/v1 (vllm serve)"),
+    base_url: str | None = typer.Option(
+        None, help="openai: endpoint, e.g. http://localhost:8000/v1 (vllm serve); default $OPENAI_BASE_URL, else OpenAI"
+    ),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key"),
     constraint: str = typer.Option(
         "json_schema", help="openai, sensecf protocol: json_schema (GPT-4o) or regex (vLLM)"

@@ -294,6 +294,41 @@ def with_adapter(model, tokenizer_dir: Path, adapter: str | Path | None):
     return model, adapter if (adapter / "tokenizer_config.json").is_file() else tokenizer_dir
 
 
+# CPU stand-ins for the paper's models: the real architecture class, tokenizer and chat template,
+# a tiny random-init body (what the smoke experiment and the tests fine-tune and decode).
+TINY_MODELS = {
+    "llama31": ("llama3_1", "LlamaConfig"),  # Llama-3.1-8B-Instruct: LlamaForCausalLM
+    "biomistral": ("mistral_v1", "MistralConfig"),  # BioMistral-7B: MistralForCausalLM
+}
+
+
+def write_tiny_model(name: str, out: Path, seed: int = 0) -> Path:
+    """A random-init `name` model (hidden size 16, one layer) with the real tokenizer, saved as
+    safetensors into `out`; its answers are noise, its code paths are the real model's."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"tiny model '{name}': unknown; choose one of {list(TINY_MODELS)}")
+    import torch
+    import transformers
+
+    tokenizer_name, config_name = TINY_MODELS[name]
+    tokenizer = load_tokenizer(tokenizer_name)
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a folder is complete or absent
+    return out
+
+
 app = typer.Typer(help="Prepare the embedded model and the real tokenizers in the local cache.", no_args_is_help=True)
 
 
@@ -309,6 +344,20 @@ def setup_cmd(
     for name, folder in setup(names).items():
         facts = json.loads((folder / DONE_MARKER).read_text())
         typer.echo(f"{name}: {folder}  {facts}")
+
+
+@app.command("tiny")
+def tiny_cmd(
+    name: str = typer.Argument(..., help=f"one of {', '.join(TINY_MODELS)}"),
+    out: Path = typer.Option(..., help="folder to write the model into"),
+    seed: int = typer.Option(0, help="seed of the random weights"),
+) -> None:
+    """Write a tiny random-init model of a paper model's architecture with its real tokenizer."""
+    try:
+        folder = write_tiny_model(name, out, seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"{name}: {folder}")
 
 
 @app.command("info")

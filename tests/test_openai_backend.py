@@ -280,6 +280,21 @@ def test_a_real_cohort_is_refused_for_a_remote_host_without_allow_external_api(t
         generate(tiny_run, "gpt4o", "openai", n=4, openai_options={"base_url": "http://api.example.invalid/v1"})
 
 
+def test_openai_base_url_in_the_environment_is_the_host_checked(tiny_run, endpoint_factory, monkeypatch):
+    """Without --base-url the SDK sends to $OPENAI_BASE_URL: that host, not OpenAI's, is judged."""
+    (tiny_run.cohort / "provenance.json").write_text(json.dumps({"source": {"synthetic": False}}))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://api.example.invalid/v1")
+    with pytest.raises(GenerateError, match="would send its rows to api.example.invalid"):
+        generate(tiny_run, "gpt4o", "openai", n=4, allow_external_api="api.openai.com")
+    train_and_evaluate(tiny_run, seed=0)
+    endpoint = endpoint_factory()
+    monkeypatch.setenv("OPENAI_BASE_URL", endpoint.base_url)  # a loopback server is local
+    summary = generate(tiny_run, "gpt4o", "openai", n=2, progress=False)
+    assert summary["records"] == 2 and endpoint.calls == 2
+    assert {r.extra["base_url"] for r in read_records(tiny_run.cf_file("gpt4o+grammar"))} == {endpoint.base_url}
+
+
 def test_openai_backend_end_to_end_writes_records(tiny_run, endpoint_factory, monkeypatch):
     train_and_evaluate(tiny_run, seed=0)
     endpoint = endpoint_factory()
