@@ -34,6 +34,7 @@ import typer
 from augment.claims import claims
 from sensecf.atomic import run_lock, write_text
 from sensecf.cli import InputError, run_cli
+from sensecf.models import TINY_MARKER
 from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, file_sha256, write_provenance
 from sensecf.spec import DatasetSpec
 
@@ -460,6 +461,21 @@ def section_reproducibility(run: RunDir) -> str:
             "where they differ):\n\n" + md_table(vrows) + note)
 
 
+def stand_in_methods(run: RunDir) -> list[str]:
+    """CF files (test and train) whose first record names a model folder marked as a tiny stand-in."""
+    found = []
+    for path in sorted([*run.cfs.glob("*.jsonl"), *(run.cfs / "train").glob("*.jsonl")]):
+        with open(path) as fh:
+            first = fh.readline()
+        try:
+            model = json.loads(first).get("extra", {}).get("model")
+        except ValueError:  # empty or torn: the readers count such lines
+            continue
+        if model and (Path(model) / TINY_MARKER).is_file():
+            found.append(path.stem if path.parent == run.cfs else f"train/{path.stem}")
+    return found
+
+
 def notes(run: RunDir) -> list[str]:
     """Honest limits of this run, as bullet items."""
     items = []
@@ -477,11 +493,16 @@ def notes(run: RunDir) -> list[str]:
         items.append(f"SmolLM2-135M-Instruct ({', '.join(small)}) is a 135 M-parameter model embedded so the pipeline "
                      "runs offline on a CPU: its CFs show that the generation engine works (grammar, parsing, "
                      "validity checks), not the quality of the paper's 7–8 B models.")
+    stand_ins = stand_in_methods(run)
+    if stand_ins:
+        items.append(f"**{', '.join(stand_ins)}** ran on tiny random-init stand-ins (`sensecf.models tiny`) of the "
+                     "paper's models: their numbers (and Table IV's rows from them) are **meaningless**; the run "
+                     "only shows that every stage and row runs.")
     counts = (read_json(run.eval / "provenance.json") or {}).get("config", {}).get("records_per_file", {})
     if counts:
-        items.append("Table III values are point estimates without confidence intervals, over "
-                     + ", ".join(f"{m}: {n}" for m, n in counts.items())
-                     + " records; with few factuals per class, small differences between methods are noise.")
+        items.append("Table III's validity and plausibility carry 95 % Wilson intervals; distance and sparsity are "
+                     "point estimates. Records per file: " + ", ".join(f"{m}: {n}" for m, n in counts.items())
+                     + "; with few factuals per class, small differences between methods are noise.")
     config = (read_json(run.augment / "provenance.json") or {}).get("config", {})
     if config:
         seeds = len(config.get("seeds", []))

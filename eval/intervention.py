@@ -69,19 +69,26 @@ def _changed(f: FeatureSpec, before, after) -> bool:
 
 
 def intervention_markdown(
-    records: Sequence[CFRecord], spec: DatasetSpec, table: pd.DataFrame, blackbox, *, pseudonymise: bool = False
+    records: Sequence[CFRecord], spec: DatasetSpec, table: pd.DataFrame, blackbox, *, pseudonymise: bool = False,
+    method: str | None = None,
 ) -> str:
-    """The example as Markdown. The factual is chosen deterministically: among the best method's
-    valid CFs for class-1 factuals, the one with the median distance (ties: smallest window id).
-    With `pseudonymise`, no real id, date or hour is printed (a cohort not marked synthetic)."""
+    """The example as Markdown. The factual is chosen deterministically: among the method's (given,
+    else the best one's) valid CFs for class-1 factuals, the one with the median distance (ties:
+    smallest window id). With `pseudonymise`, no real id, date or hour is printed (a cohort not
+    marked synthetic)."""
     undesired, desired = spec.label.classes[TARGET_CLASS], spec.label.classes[1 - TARGET_CLASS]
-    method = best_method(table)
+    if method is not None and method not in set(table["method"]):
+        raise ValueError(f"--intervention-method {method}: no such row in Table III; rows: {sorted(set(table.method))}")
+    why = "the row asked for" if method else "the highest validity"
+    method = method or best_method(table)
     if method is None:
         return f"# Intervention example\n\nNo method produced a valid CF for a window predicted '{undesired}'.\n"
     recs = [r for r in records if r.method == method and r.candidate == 0 and r.cf is not None
             and r.factual_pred == TARGET_CLASS]
-    preds = blackbox.predict(feature_frame([r.cf for r in recs], spec, f"{method} CFs"))
+    preds = blackbox.predict(feature_frame([r.cf for r in recs], spec, f"{method} CFs")) if recs else []
     recs = [r for r, p in zip(recs, preds, strict=True) if p == r.desired_class]
+    if not recs:
+        return f"# Intervention example\n\n{method} produced no valid CF for a window predicted '{undesired}'.\n"
     cfs = feature_frame([r.cf for r in recs], spec, f"{method} CFs")
     facts = feature_frame([r.factual for r in recs], spec, f"{method} factuals")
     dist = distance(cfs, facts, spec)
@@ -105,8 +112,8 @@ def intervention_markdown(
     lines = [
         "# Intervention example (Table II style)",
         "",
-        f"Method: **{method}**, the highest validity on windows predicted '{undesired}' in Table III "
-        f"({row.validity:.2f}). Window {window} ({participant}) is the median-distance "
+        f"Method: **{method}**, {why}; its validity on windows predicted '{undesired}' in Table III is "
+        f"{row.validity:.2f}. Window {window} ({participant}) is the median-distance "
         f"one of its {len(recs)} valid CFs for such windows (distance {dist[pick]:.3f}).",
         "",
         "## Condition",

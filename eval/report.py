@@ -221,17 +221,20 @@ def latex_table(values: pd.DataFrame, best: pd.DataFrame, classes: dict[int, str
 
 # --- the whole report ---------------------------------------------------------------------
 def build_report(
-    run: RunDir | str | Path, methods: list[str] | None = None, *, ynn_k: int = 5, fig8_sample: int = 200
+    run: RunDir | str | Path, methods: list[str] | None = None, *, ynn_k: int = 5, fig8_sample: int = 200,
+    intervention_method: str | None = None,
 ) -> dict[str, Path]:
     """Compute the metrics of every CF file and write all report artifacts; returns their paths."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     if not run.root.is_dir():  # checked before the lock, which would create the folder
         raise InputError(run.root, None, "run directory not found")
     with run_lock(run.root):
-        return _build_report(run, methods, ynn_k=ynn_k, fig8_sample=fig8_sample)
+        return _build_report(run, methods, ynn_k=ynn_k, fig8_sample=fig8_sample,
+                             intervention_method=intervention_method)
 
 
-def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sample: int) -> dict[str, Path]:
+def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sample: int,
+                  intervention_method: str | None) -> dict[str, Path]:
     df, spec = run.load_cohort()
     synthetic = run.is_synthetic()
     train, _ = split_frames(df)
@@ -239,6 +242,9 @@ def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sa
     records, counts = load_cf_files(run, methods)
     records = with_verified(records, spec)
     metrics = cf_metrics(records, spec, train, blackbox, ynn_k=ynn_k)
+    if intervention_method is not None and intervention_method not in set(metrics["method"]):
+        raise InputError(run.cfs, "--intervention-method",
+                         f"no row '{intervention_method}'; rows: {', '.join(sorted(set(metrics['method'])))}")
 
     out = run.eval
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +276,8 @@ def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sa
     plot_feature_changes(changes, paths["fig6.png"])
     plot_latent_space(records, spec, train, blackbox, paths["fig8.png"], sample=fig8_sample)
     write_text(paths["intervention.md"],
-               intervention_markdown(records, spec, metrics, blackbox, pseudonymise=not synthetic))
+               intervention_markdown(records, spec, metrics, blackbox, pseudonymise=not synthetic,
+                                     method=intervention_method))
 
     write_provenance(  # last: it hashes the files above
         out,
@@ -290,10 +297,13 @@ def main(
     methods: list[str] = typer.Option(None, help="CF files (method names) to include; repeat or comma-separate; "
                                                  "default: every cfs/*.jsonl"),
     ynn_k: int = typer.Option(5, help="neighbours for yNN"),
+    intervention_method: str | None = typer.Option(
+        None, help="the row whose CF is the intervention example (Table II; the paper's: llama31_ft); default: "
+                   "the best row"),
 ) -> None:
     """Write Table III (csv/md/tex), Fig. 6, Fig. 8 and the intervention example into RUN/eval/."""
     wanted = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()] or None
-    paths = build_report(RunDir(run), wanted, ynn_k=ynn_k)
+    paths = build_report(RunDir(run), wanted, ynn_k=ynn_k, intervention_method=intervention_method)
     typer.echo(paths["table3.md"].read_text())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 

@@ -296,6 +296,7 @@ def with_adapter(model, tokenizer_dir: Path, adapter: str | Path | None):
 
 # CPU stand-ins for the paper's models: the real architecture class, tokenizer and chat template,
 # a tiny random-init body (what the smoke experiment and the tests fine-tune and decode).
+TINY_MARKER = "sensecf_tiny.json"
 TINY_MODELS = {
     "llama31": ("llama3_1", "LlamaConfig"),  # Llama-3.1-8B-Instruct: LlamaForCausalLM
     "biomistral": ("mistral_v1", "MistralConfig"),  # BioMistral-7B: MistralForCausalLM
@@ -324,6 +325,8 @@ def write_tiny_model(name: str, out: Path, seed: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    # the report reads this to say that numbers from this model are meaningless
+    (tmp / TINY_MARKER).write_text(json.dumps({"stand_in_for": name, "seed": seed, "random_init": True}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # a folder is complete or absent
     return out

@@ -191,3 +191,16 @@ def test_cli_prints_table_and_filters_methods(tiny_run):
 
     result = CliRunner().invoke(app, ["--run", str(tiny_run.root), "--methods", "gpt9"])
     assert result.exit_code != 0 and "no CF file for ['gpt9']" in str(result.exception)
+
+
+def test_the_intervention_example_comes_from_the_row_asked_for(tiny_run):
+    from sensecf.cli import InputError
+
+    _write_fake_cfs(tiny_run)
+    build_report(tiny_run, intervention_method="noisy")
+    text = (tiny_run.eval / "intervention.md").read_text()
+    assert "Method: **noisy**, the row asked for;" in text or "noisy produced no valid CF" in text
+    build_report(tiny_run)
+    assert "the highest validity; its validity" in (tiny_run.eval / "intervention.md").read_text()
+    with pytest.raises(InputError, match="--intervention-method: no row 'llama31_ft'; rows: broken, noisy"):
+        build_report(tiny_run, intervention_method="llama31_ft")
