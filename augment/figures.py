@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from augment.scenarios import SCENARIOS  # noqa: E402
 from augment.stats import mean_ci  # noqa: E402
 from eval.figures import save_figure  # noqa: E402
+from sensecf.protocols import protocol_of  # noqa: E402
 
 
 def _band(ax, xs, values_per_x, label, **style):
@@ -67,8 +68,8 @@ def plot_fig7(results: list[dict], path: Path, metric: str = "F1") -> Path:
         for source in sorted(cells):
             ratios = sorted(x for x, v in cells[source].items() if v is not None and len(v) == len(seeds))
             if ratios:
-                _band(ax, [100 * x for x in ratios], [cells[source][x] for x in ratios], source,
-                      color=colour[source])
+                _band(ax, [100 * x for x in ratios], [cells[source][x] for x in ratios],
+                      f"{source} ({protocol_of(source)})", color=colour[source])
         _hline(ax, [r["metrics"][metric] for r in results if r["kind"] == "reduced" and r["scenario"] == sc],
                "reduced (no CFs)", "--", "black")
         _hline(ax, baseline, "full training set", ":", "gray", band=False)

@@ -41,6 +41,7 @@ from eval.baselines import records_dir
 from eval.classifier import classification_metrics, labels_of, split_frames, train_classifier
 from sensecf.atomic import atomic_path, run_lock, write_text
 from sensecf.cli import InputError, run_cli
+from sensecf.protocols import protocol_of
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
@@ -313,7 +314,8 @@ def table4(results: list[dict], scenarios: list[str], sources: list[str], ratio:
     out = []
 
     def add(scenario, row, method, cells, n_seeds, note=""):
-        entry = {"scenario": scenario, "row": row, "method": method, "n_seeds": n_seeds, "note": note}
+        entry = {"scenario": scenario, "row": row, "method": method, "n_seeds": n_seeds, "note": note,
+                 "protocol": protocol_of(method) if row.startswith("CF added") else ""}
         for m in METRICS:
             entry[m] = cells[m]["mean"] if cells else math.nan
             entry[f"{m}_ci"] = cells[m]["ci"] if cells else math.nan
@@ -366,7 +368,9 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
         if r["note"].startswith("insufficient"):
             cells = {m: "insufficient" for m in METRICS}
         scenario = "Baseline" if r["scenario"] == "baseline" else f"{r['scenario']}: {SCENARIOS[r['scenario']].title}"
-        rows.append({"Scenario": scenario, "Row": r["row"], "Method": r["method"], **cells, "Note": r["note"]})
+        protocol = r["protocol"] or "–"  # NN rows have no CF source
+        rows.append({"Scenario": scenario, "Row": r["row"], "Method": r["method"], "Protocol": protocol, **cells,
+                     "Note": r["note"]})
     return pd.DataFrame(rows)
 
 
@@ -412,7 +416,7 @@ def write_table4(table: pd.DataFrame, out_dir: Path, n_seeds: int, pool: pd.Data
         r"\begin{table*}[t]",
         r"\centering",
         r"\caption{" + _latex_escape(caption) + "}",
-        r"\begin{tabular}{" + "l" * 3 + "r" * len(METRICS) + "l}",
+        r"\begin{tabular}{" + "l" * 4 + "r" * len(METRICS) + "l}",
         r"\hline",
         " & ".join(_latex_escape(c) for c in cols) + r" \\",
         r"\hline",

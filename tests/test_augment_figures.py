@@ -25,7 +25,8 @@ def test_fig7_colours_a_source_alike_in_every_panel(tmp_path, monkeypatch):
     (fig,) = kept
     colours = [{line.get_label(): line.get_color() for line in ax.lines if not line.get_label().startswith("_")}
                for ax in fig.axes]
-    assert colours[0]["teacher"] == colours[1]["teacher"] == "C1"  # sorted sources: llm C0, teacher C1
-    assert colours[0]["llm"] == "C0" and "llm" not in colours[1]
+    # sorted sources: llm C0, teacher C1; each legend entry says the source's protocol
+    assert colours[0]["teacher (sensecf)"] == colours[1]["teacher (sensecf)"] == "C1"
+    assert colours[0]["llm (paper)"] == "C0" and "llm (paper)" not in colours[1]
     assert all(ax.get_legend() is not None for ax in fig.axes)
     assert (tmp_path / "fig7.png").stat().st_size > 0

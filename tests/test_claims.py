@@ -89,3 +89,13 @@ def test_missing_rows_are_not_measured_and_our_augmentation_source_is_shown_as_o
         "CFs of the fine-tuned LLaMA recover F1"]["run"]
     assert by_claim(claims(only_ours, None, True))["Removing 50 % of the scarce class costs F1"]["verdict"] == \
         "not measured"
+
+
+def test_a_class_without_factuals_is_left_out_not_a_crash():
+    one_class = metrics()
+    one_class = one_class[one_class["class"] == 0]
+    rows = by_claim(claims(one_class, None, real_data=True))
+    assert "C1" not in rows["Fine-tuning raises validity"]["run"]
+    assert rows["Fine-tuning raises validity"]["verdict"] == "reproduced"
+    assert rows["Zero-shot < fine-tuned on every metric"]["run"].startswith("fine-tuned worse in") or \
+        "all 4 cells" in rows["Zero-shot < fine-tuned on every metric"]["run"]

@@ -172,7 +172,7 @@ def test_wheel_holds_the_packages_their_data_and_the_console_script(tmp_path):
     wheel = next((tmp_path / "dist").glob("sensecf-0.1.0-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {n.split("/")[0] for n in names if not n.startswith("sensecf-0.1.0")} == set(PACKAGES)
-    for data in ("prompts/templates/zero_shot.j2", "prompts/templates/few_shot.j2", "prompts/templates/system.j2",
+    for data in ("prompts/templates/fig4.j2", "prompts/templates/system.j2",
                  "dataset_builders/aireadi_spec.yaml", "launch/vllm_serve.sh", "launch/train.sh",
                  "launch/accelerate/multi_gpu_zero2.yaml", "sensecf/generate/__init__.py", "sensecf/commands.py"):
         assert data in names, data
