@@ -493,6 +493,10 @@ def notes(run: RunDir) -> list[str]:
         items.append(f"SmolLM2-135M-Instruct ({', '.join(small)}) is a 135 M-parameter model embedded so the pipeline "
                      "runs offline on a CPU: its CFs show that the generation engine works (grammar, parsing, "
                      "validity checks), not the quality of the paper's 7–8 B models.")
+    if (run.sft / "summary.json").is_file():
+        items.append("Fine-tuning targets are the teacher's CFs (nearest training window of the other predicted "
+                     "class, sparsified; sensecf.teacher), written in Fig. 4's answer format: the project's choice, "
+                     "as the paper does not say where its targets came from.")
     stand_ins = stand_in_methods(run)
     if stand_ins:
         items.append(f"**{', '.join(stand_ins)}** ran on tiny random-init stand-ins (`sensecf.models tiny`) of the "

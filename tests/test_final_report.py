@@ -217,7 +217,8 @@ def test_every_section_is_there_in_order_with_the_stage_results(full_run):
 
     notes = by["Notes"]
     assert "**synthetic**" in notes and "SmolLM2-135M-Instruct (smollm2-cpu, smollm2_zs)" in notes
-    assert "over smollm2_zs: 30, teacher: 30 records" in notes
+    assert "Records per file: smollm2_zs: 30, teacher: 30;" in notes and "95 % Wilson intervals" in notes
+    assert "Fine-tuning targets are the teacher's CFs" in notes and "the paper does not say" in notes
     assert "Table IV averages 1 seed(s) with 95% t-intervals; one seed gives no interval." in notes
 
 
