@@ -99,3 +99,23 @@ def test_a_class_without_factuals_is_left_out_not_a_crash():
     assert rows["Fine-tuning raises validity"]["verdict"] == "reproduced"
     assert rows["Zero-shot < fine-tuned on every metric"]["run"].startswith("fine-tuned worse in") or \
         "all 4 cells" in rows["Zero-shot < fine-tuned on every metric"]["run"]
+
+
+def test_rows_without_parsed_cfs_or_fitted_cells_are_not_measured():
+    unparsed = metrics()
+    unparsed.loc[unparsed["method"] == "llama31_ft", ["distance", "sparsity", "plausibility"]] = math.nan
+    empty = table4(reduced=(math.nan, math.nan), recovery=(math.nan, math.nan))
+    empty["note"] = ["", "n/a: a reference value is 0", "insufficient in 2/2 seeds", ""]
+    rows = by_claim(claims(unparsed, empty, real_data=True))
+    assert rows["Plausibility up to 0.99 after fine-tuning"] == {
+        "claim": "Plausibility up to 0.99 after fine-tuning", "paper": "0.99 (best fine-tuned LLM)",
+        "run": "no parsed CF in the fine-tuned paper rows", "verdict": "not measured"}
+    everywhere = rows["Zero-shot < fine-tuned on every metric"]
+    assert everywhere["verdict"] == "inconclusive (cells without parsed CFs)"  # validity better, the rest missing
+    assert everywhere["run"] == ("fine-tuned better or equal in all 2 cells (6 cells without parsed CFs) "
+                                 "(point estimates)")
+    reduction = rows["Removing 50 % of the scarce class costs F1"]
+    assert reduction["run"] == "no F1 change in Table IV (n/a: a reference value is 0)"
+    assert reduction["verdict"] == "not measured"
+    recovery = rows["CFs of the fine-tuned LLaMA recover F1"]
+    assert recovery["run"] == "llama31_ft in A: insufficient CFs" and recovery["verdict"] == "not measured"
