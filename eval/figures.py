@@ -17,6 +17,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 from eval.metrics import feature_frame  # noqa: E402
 from sensecf.atomic import atomic_path  # noqa: E402
+from sensecf.protocols import protocol_of  # noqa: E402
 from sensecf.records import CFRecord  # noqa: E402
 from sensecf.spec import DatasetSpec  # noqa: E402
 
@@ -68,7 +69,7 @@ def plot_feature_changes(table: pd.DataFrame, path: str | Path) -> Path:
         fig, ax = plt.subplots(figsize=(7.5, 7), subplot_kw={"polar": True})
         for method, values in table.iterrows():
             v = values.to_numpy(float).tolist()
-            ax.plot(angles + angles[:1], v + v[:1], label=method, linewidth=1.5)
+            ax.plot(angles + angles[:1], v + v[:1], label=f"{method} ({protocol_of(method)})", linewidth=1.5)
             ax.fill(angles + angles[:1], v + v[:1], alpha=0.08)
         ax.set_xticks(angles)
         ax.set_xticklabels(labels, fontsize=8)
@@ -124,7 +125,7 @@ def plot_latent_space(
                        label=f"factual: {names[c]}")
             ax.scatter(*pc[cf_cls == c].T, s=18, alpha=0.8, c=CLASS_COLOURS[c], marker="x",
                        label=f"CF predicted {names[c]}")
-        ax.set_title(f"{method} (n={len(recs)})", fontsize=10)
+        ax.set_title(f"{method} ({protocol_of(method)}, n={len(recs)})", fontsize=10)
         ax.set_xlabel("PC1")
         ax.set_ylabel("PC2")
     for ax in list(axes.flat)[len(methods):]:

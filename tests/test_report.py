@@ -204,3 +204,18 @@ def test_the_intervention_example_comes_from_the_row_asked_for(tiny_run):
     assert "the highest validity; its validity" in (tiny_run.eval / "intervention.md").read_text()
     with pytest.raises(InputError, match="--intervention-method: no row 'llama31_ft'; rows: broken, noisy"):
         build_report(tiny_run, intervention_method="llama31_ft")
+
+
+def test_fig6_legend_and_fig8_panels_name_each_rows_protocol(tiny_run, monkeypatch):
+    from eval import figures
+
+    _write_fake_cfs(tiny_run)
+    kept = []
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    build_report(tiny_run, fig8_sample=10)
+    fig6, fig8 = kept[0], kept[1]
+    legend = [t.get_text() for t in fig6.axes[0].get_legend().get_texts()]
+    assert "noisy (paper)" in legend and "teacher (sensecf)" in legend and "noisy+verified (sensecf)" in legend
+    titles = [ax.get_title() for ax in fig8.axes if ax.get_title()]
+    assert any(t.startswith("noisy (paper, n=") for t in titles)
+    assert any(t.startswith("teacher (sensecf, n=") for t in titles)
