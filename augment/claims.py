@@ -55,7 +55,7 @@ def _classes(metrics: pd.DataFrame, *methods: str) -> list[int]:
 
 
 def _qualify(verdict: str, models: list[str], real_data: bool) -> str:
-    paper_models = all(m.split("_")[0] in PAPER_MODELS for m in models)
+    paper_models = bool(models) and all(m.split("_")[0] in PAPER_MODELS for m in models)
     return verdict if (real_data and paper_models) else f"{verdict}; {NEEDS}"
 
 
@@ -122,7 +122,8 @@ def finetuned_better_everywhere(metrics: pd.DataFrame, real_data: bool) -> dict:
 
 
 def _interval(row) -> tuple[float, float]:
-    return row["F1"] - row["F1_ci"], row["F1"] + row["F1_ci"]
+    """A Table IV row's F1 mean ± its 95 % half-width."""
+    return row.F1 - row.F1_ci, row.F1 + row.F1_ci
 
 
 def reduction_cost(table4: pd.DataFrame | None, real_data: bool) -> dict:
@@ -137,7 +138,7 @@ def reduction_cost(table4: pd.DataFrame | None, real_data: bool) -> dict:
                 "verdict": "not measured"}
     texts, inside = [], []
     for r in rows.itertuples():
-        low, high = _interval(r._asdict())
+        low, high = _interval(r)
         texts.append(f"{r.scenario}: {r.F1:+.1f} % ± {r.F1_ci:.1f}")
         inside.append(low <= -10 and high >= -15)
     verdict = "reproduced" if all(inside) else "not reproduced" if not any(inside) else "in some scenarios"
@@ -163,9 +164,8 @@ def llm_recovery(table4: pd.DataFrame | None, real_data: bool) -> dict:
         run = "; ".join(texts) if texts else "no paper-protocol fine-tuned LLM source"
         if not ours.empty:
             run += " (ours: " + "; ".join(listed(ours)) + ")"
-        return {**claim, "run": run, "verdict": _qualify("not measured", list(fine_tuned["method"]) or ["x"],
-                                                         real_data)}
-    inside = [_interval(r._asdict())[0] <= 20 <= _interval(r._asdict())[1] for r in paper.itertuples()]
+        return {**claim, "run": run, "verdict": _qualify("not measured", list(fine_tuned["method"]), real_data)}
+    inside = [low <= 20 <= high for low, high in map(_interval, paper.itertuples())]
     verdict = "reproduced" if all(inside) else "not reproduced" if not any(inside) else "in some scenarios"
     return {**claim, "run": "; ".join(texts), "verdict": _qualify(verdict, list(paper["method"]), real_data)}
 

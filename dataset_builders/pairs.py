@@ -40,7 +40,8 @@ from sensecf.spec import DatasetSpec
 from sensecf.teacher import teacher_cfs
 
 # The recipes' sequence_len. Table I says 512, but Fig. 4 verbatim with AI-READI's 12 features and
-# its answer is 534-647 tokens an example in the three tokenizers, so 512 would cut every answer.
+# its answer is up to 647 tokens an example (Mistral tokenizer, long study-group names), so 512
+# would cut answers short.
 MAX_TOKENS = 768
 
 

@@ -415,8 +415,7 @@ def method_rows(method: str) -> dict[str, str]:
     return {protocols.row_name(method, name, "baseline"): p.baseline_pick for name, p in protocols.PROTOCOLS.items()}
 
 
-def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str], row: str | None = None,
-                 pick: str = "first") -> dict:
+def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str], row: str, pick: str) -> dict:
     """A baseline CF file's fingerprint: its search settings, pick rule, classifier, cohort and factual set."""
     settings = {"seed": cfg.seed, "timeout_seconds": cfg.timeout_seconds, "pick": pick}
     if method.startswith("cfnow"):
@@ -425,7 +424,7 @@ def method_parts(run: RunDir, method: str, cfg: BaselineConfig, ids: list[str], 
         settings.update(nice_optimization=cfg.nice_optimization)
     elif method == "teacher":
         settings.update(teacher_per_factual=cfg.teacher_per_factual)
-    return fingerprint.cf_parts(run, {"method": row or method, **settings}, ids)
+    return fingerprint.cf_parts(run, {"method": row, **settings}, ids)
 
 
 def _run_baselines_locked(run, methods, split, n, factual_ids, cfg, overwrite, progress) -> dict:

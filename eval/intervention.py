@@ -77,8 +77,6 @@ def intervention_markdown(
     smallest window id). With `pseudonymise`, no real id, date or hour is printed (a cohort not
     marked synthetic)."""
     undesired, desired = spec.label.classes[TARGET_CLASS], spec.label.classes[1 - TARGET_CLASS]
-    if method is not None and method not in set(table["method"]):
-        raise ValueError(f"--intervention-method {method}: no such row in Table III; rows: {sorted(set(table.method))}")
     why = "the row asked for" if method else "the highest validity"
     method = method or best_method(table)
     if method is None:

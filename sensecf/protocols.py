@@ -51,8 +51,10 @@ def get(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def _suffixes() -> set[str]:
-    return {VERIFIED_SUFFIX} | {s for p in PROTOCOLS.values() for s in (p.llm_suffix, p.baseline_suffix) if s}
+# Every variant suffix a row name may carry (computed once: every CFRecord's name is checked).
+SUFFIXES = frozenset(
+    {VERIFIED_SUFFIX} | {s for p in PROTOCOLS.values() for s in (p.llm_suffix, p.baseline_suffix) if s}
+)
 
 
 def row_name(method: str, protocol: str, kind: Literal["llm", "baseline"]) -> str:
@@ -67,9 +69,9 @@ def protocol_of(row: str) -> ProtocolName:
     """`paper` for a row named after a paper method, `sensecf` for our variants and methods."""
     base, plus, rest = row.partition("+")
     if plus:
-        unknown = {"+" + s for s in rest.split("+")} - _suffixes()
+        unknown = {"+" + s for s in rest.split("+")} - SUFFIXES
         if unknown:
-            raise ValueError(f"row '{row}': unknown variant suffix {sorted(unknown)}; known: {sorted(_suffixes())}")
+            raise ValueError(f"row '{row}': unknown variant suffix {sorted(unknown)}; known: {sorted(SUFFIXES)}")
         return "sensecf"
     ours = any(base == m or base.startswith(m + "_") for m in OUR_METHODS)  # teacher, teacher_1, ...
     return "sensecf" if ours else "paper"
