@@ -45,6 +45,7 @@ from sensecf.protocols import protocol_of
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import stage_run
 
 METRICS = ["ACC", "PRE", "REC", "F1", "AUC"]
 
@@ -572,10 +573,15 @@ def main(
     fig1: bool = typer.Option(True, help="also draw Fig. 1 (4 classifiers, training data reduced 0-90%)"),
 ) -> None:
     """Retrain the NN under label scarcity with CF augmentation; write Table IV, Fig. 7, Fig. 1."""
-    summary = run_scarcity(
-        RunDir(run), sources, _floats(ratios, "--ratios"), seeds, [s.strip() for s in scenarios.split(",")],
-        table_ratio, jobs, fig1, cf_dir=cf_dir,
-    )
+    run_dir = RunDir(run)
+    cf_files = sorted((cf_dir or run_dir.cfs / "train").glob("*.jsonl"))
+    if sources != "all":
+        cf_files = [p for p in cf_files if p.stem in {s.strip() for s in sources.split(",")}]
+    with stage_run(run_dir, "table4", inputs=[run_dir.features, *cf_files], outputs=[run_dir.augment / "table4.md"]):
+        summary = run_scarcity(
+            run_dir, sources, _floats(ratios, "--ratios"), seeds, [s.strip() for s in scenarios.split(",")],
+            table_ratio, jobs, fig1, cf_dir=cf_dir,
+        )
     excluded = ", ".join(f"{r} {n}" for r, n in summary["excluded"].items() if n) or "none"
     typer.echo(f"{summary['grid_fits']} grid fits, {summary['insufficient_cells']} insufficient cells (not fitted)")
     typer.echo(f"CF records excluded, summed over scenarios x seeds: {excluded} (per cell: cf_pool.csv)")

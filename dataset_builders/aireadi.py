@@ -45,8 +45,9 @@ from dataset_builders.patient_split import SplitError, assign_split, recommended
 from dataset_builders.window_features import DROP_REASONS, LabelRule, participant_windows
 from sensecf.atomic import atomic_path, run_lock, write_json
 from sensecf.cli import run_cli
-from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, write_provenance
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import stage_run
 
 DEFAULT_SPEC = Path(__file__).with_name("aireadi_spec.yaml")
 
@@ -258,7 +259,9 @@ def main(
     scope: Literal["day", "window"] = label_scope  # type: ignore[assignment]
     rule = LabelRule(scope=scope, threshold=stress_threshold, min_values=min_stress_values)
     base_spec = DatasetSpec.from_yaml(spec)
-    with run_lock(out.parent):  # one writer per run directory (--out is RUN/cohort)
+    run = RunDir(out.resolve().parent)  # --out is RUN/cohort: one writer per run directory
+    with run_lock(run.root), stage_run(run, "cohort", inputs=[root / "synthetic_release.json"],
+                                       outputs=[out / "features.parquet"]):
         frame, participants, quality = build_cohort(
             root, spec=base_spec, rule=rule, demographics_path=demographics, strict=strict, workers=workers,
             count_heart_rate=count_heart_rate)

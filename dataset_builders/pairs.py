@@ -38,6 +38,7 @@ from sensecf.models import TOKENIZER_NAMES, load_tokenizer
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
 from sensecf.teacher import teacher_cfs
+from sensecf.wandb_log import log_metrics, stage_run
 
 # The recipes' sequence_len. Table I says 512, but Fig. 4 verbatim with AI-READI's 12 features and
 # its answer is up to 647 tokens an example (Mistral tokenizer, long study-group names), so 512
@@ -253,14 +254,19 @@ def main(
     """Build SFT pairs (Fig. 4 prompt -> teacher CF block) into RUN/sft/."""
     if not run.is_dir():
         raise PairsError(f"{run}: --run: no such run directory")
-    summary = build_pairs(
-        RunDir(run),
-        val_fraction=val_fraction,
-        fewshot=fewshot,
-        max_pairs=max_pairs,
-        seed=seed,
-        max_tokens=max_tokens,
-    )
+    run_dir = RunDir(run)
+    with stage_run(run_dir, "sft_pairs", inputs=[run_dir.features, run_dir.model],
+                   outputs=[run_dir.sft / "train.jsonl"]) as wb:
+        summary = build_pairs(
+            run_dir,
+            val_fraction=val_fraction,
+            fewshot=fewshot,
+            max_pairs=max_pairs,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
+        log_metrics(wb, {k: summary[k] for k in ("factuals", "teacher_valid", "teacher_invalid", "written")
+                         if isinstance(summary.get(k), int)})
     typer.echo(
         f"factuals {summary['factuals']}: teacher valid {summary['teacher_valid']}, invalid "
         f"{summary['teacher_invalid']} {summary['teacher_invalid_reasons']}; dropped by --max-pairs "

@@ -64,7 +64,8 @@ from dataset_builders.synth_model import (
 )
 from dataset_builders.synth_quirks import INJECTED_MEANING, MODALITIES, STEPS_EMPTY, QuirkRates, inject
 from sensecf.cli import InputError, run_cli
-from sensecf.rundir import write_provenance
+from sensecf.rundir import RunDir, write_provenance
+from sensecf.wandb_log import stage_run
 
 DATATYPES = (
     "cardiac_ecg",
@@ -591,13 +592,15 @@ def main(
         )
     except ValidationError as err:
         raise typer.BadParameter(f"quirk rates: {err}") from err
-    release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
-    write_provenance(
-        out,
-        config={k: v for k, v in release.items() if k != "injected_meaning"},
-        seed=seed,
-        source={"synthetic": True, "seed": seed},
-    )
+    # W&B: the release's parent is the run directory (RUN/release in the recipes)
+    with stage_run(RunDir(out.resolve().parent), "release", outputs=[out / "synthetic_release.json"]):
+        release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
+        write_provenance(
+            out,
+            config={k: v for k, v in release.items() if k != "injected_meaning"},
+            seed=seed,
+            source={"synthetic": True, "seed": seed},
+        )
     typer.echo(
         f"wrote {participants} participants x {days} days to {out}; "
         f"high-stress days {release['high_stress_day_share']:.1%}; injected {release['injected']}"

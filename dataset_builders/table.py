@@ -22,8 +22,9 @@ import typer
 from dataset_builders.patient_split import assign_split, check_disjoint, stratified_split
 from sensecf.atomic import atomic_path, run_lock, write_json
 from sensecf.cli import InputError, run_cli
-from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, write_provenance
+from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import stage_run
 
 
 class TableError(InputError):
@@ -152,8 +153,9 @@ def main(
     synthetic: bool = typer.Option(False, help="mark the cohort as synthetic (allows external APIs)"),
 ) -> None:
     """Build a cohort from any table + spec."""
-    cohort = build_table_cohort(table, spec, out, id_col=id_col, group_col=group_col,
-                                test_fraction=test_fraction, seed=seed, synthetic=synthetic)
+    with stage_run(RunDir(out.resolve().parent), "cohort", outputs=[out / "features.parquet"]):
+        cohort = build_table_cohort(table, spec, out, id_col=id_col, group_col=group_col,
+                                    test_fraction=test_fraction, seed=seed, synthetic=synthetic)
     typer.echo(f"cohort: {len(cohort)} rows -> {out}")
 
 

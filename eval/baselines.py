@@ -510,7 +510,6 @@ def main(
     ),
     overwrite: bool = typer.Option(False, help="records made with other settings: move them aside and start afresh"),
     quiet: bool = typer.Option(False, help="no progress bars"),
-    wandb: bool = typer.Option(True, help="log status counts and seconds per CF to W&B (offline by default)"),
 ) -> None:
     """Write one CF record per factual and method to RUN/cfs/<method>.jsonl."""
     try:
@@ -519,8 +518,13 @@ def main(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     cfg = BaselineConfig(seed, cfnow_seconds, cfnow_strategy, nice_optimization, timeout_seconds, teacher_per_factual)
-    summary = run_baselines(RunDir(run), names, split=split, n=n, factual_ids=ids, cfg=cfg, overwrite=overwrite,
-                            progress=not quiet)
+    run_dir = RunDir(run)
+    outputs = [records_dir(run_dir, split) / f"{row}.jsonl" for name in names for row in method_rows(name)]
+    # W&B (WANDB_MODE decides; offline by default): status counts and seconds per CF, the CF files
+    with stage_run(run_dir, "baselines", inputs=[run_dir.model], outputs=outputs) as wb:
+        summary = run_baselines(run_dir, names, split=split, n=n, factual_ids=ids, cfg=cfg, overwrite=overwrite,
+                                progress=not quiet)
+        log_metrics(wb, wandb_aggregates(summary))
     for method, moved in summary.get("moved_aside", {}).items():
         typer.echo(f"{method}: the records made with other settings were moved to {moved}")
     for cls, c in summary["sample"].items():
@@ -532,9 +536,6 @@ def main(
             f"{method}: {status}; {sum(info['written'].values())} new, {info['already_done']} already done; "
             f"{info['seconds_per_cf'] or 0:.2f} s per CF"
         )
-    if wandb:
-        with stage_run(RunDir(run), "baselines", {"methods": names, "split": split, "n": n, **asdict(cfg)}) as wb:
-            log_metrics(wb, wandb_aggregates(summary))
     for method, error in summary["failed_methods"].items():
         typer.echo(f"{method}: FAILED to start: {error}", err=True)
     if summary["failed_methods"]:

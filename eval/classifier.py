@@ -22,6 +22,7 @@ from sensecf.blackbox import BlackBox, build_pipeline
 from sensecf.cli import run_cli
 from sensecf.rundir import SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import log_metrics, stage_run
 
 
 def labels_of(df: pd.DataFrame, spec: DatasetSpec, what: str = "frame") -> np.ndarray:
@@ -139,7 +140,11 @@ def main(
     seed: int = typer.Option(0, help="random seed of the MLP"),
 ) -> None:
     """Train the classifier on the train split; write classifier/model.skops and metrics.json."""
-    m = train_and_evaluate(RunDir(run), seed)
+    run_dir = RunDir(run)
+    with stage_run(run_dir, "classifier", inputs=[run_dir.features], outputs=[run_dir.model]) as wb:
+        m = train_and_evaluate(run_dir, seed)
+        numbers = {k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        log_metrics(wb, {f"test/{k}": v for k, v in numbers.items()})
     typer.echo(
         f"test: ACC {m['ACC']:.3f}  PRE {m['PRE']:.3f}  REC {m['REC']:.3f}  F1 {m['F1']:.3f}  AUC {m['AUC']:.3f}"
         f"  (n_train {m['n_train']}, n_test {m['n_test']})"

@@ -34,6 +34,7 @@ from sensecf.cli import InputError, run_cli
 from sensecf.protocols import protocol_of
 from sensecf.records import CFRecord, read_records
 from sensecf.rundir import RunDir, write_provenance
+from sensecf.wandb_log import stage_run
 
 # Table III's four metrics first (over all parsed CFs, as the paper), the same over valid CFs, then ours.
 OURS = ["parse_rate", "immutables_violated", "coherence", "actionability", "redundancy", "ynn", "seconds_per_cf"]
@@ -303,7 +304,10 @@ def main(
 ) -> None:
     """Write Table III (csv/md/tex), Fig. 6, Fig. 8 and the intervention example into RUN/eval/."""
     wanted = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()] or None
-    paths = build_report(RunDir(run), wanted, ynn_k=ynn_k, intervention_method=intervention_method)
+    run_dir = RunDir(run)
+    cf_files = [run_dir.cf_file(m) for m in wanted] if wanted else sorted(run_dir.cfs.glob("*.jsonl"))
+    with stage_run(run_dir, "table3", inputs=[run_dir.model, *cf_files], outputs=[run_dir.eval / "table3.md"]):
+        paths = build_report(run_dir, wanted, ynn_k=ynn_k, intervention_method=intervention_method)
     typer.echo(paths["table3.md"].read_text())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 

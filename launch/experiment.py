@@ -34,6 +34,7 @@ from rich.console import Console
 from sensecf.atomic import HELD_ENV, LockedError, run_lock, write_json, write_text
 from sensecf.cli import InputError, one_line, run_cli
 from sensecf.fingerprint import sha256_file as file_sha256
+from sensecf.wandb_log import STAGE_ENV
 
 console = Console()
 
@@ -292,7 +293,7 @@ def _run_stages(exp, run, run_dir, stamps_dir, env, environment, force, only) ->
         console.print(f"$ {cmd}", style="dim", soft_wrap=True, markup=False)
         stamp_file.unlink(missing_ok=True)  # a kill or failure from here on leaves the stage stale
         t0 = time.perf_counter()
-        proc = subprocess.run(shlex.split(cmd), env=env)
+        proc = subprocess.run(shlex.split(cmd), env={**env, STAGE_ENV: stage.name})  # W&B job_type = stage
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             # Killed by a signal: the shell's convention, 128 + signal number.

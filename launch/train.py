@@ -33,6 +33,7 @@ from launch.recipe_check import RecipeError, check_recipe, load_recipe
 from sensecf.atomic import write_json, write_text
 from sensecf.cli import run_cli
 from sensecf.rundir import RunDir, write_provenance
+from sensecf.wandb_log import log_metrics, stage_run
 
 EMBEDDED_PREFIX = "~/.cache/sensecf/"  # recipes name the cache this way; $SENSECF_CACHE wins
 
@@ -136,12 +137,18 @@ def _path_with_venv() -> str:
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
+AXOLOTL_JOB_TYPE = "axolotl"
+
+
 def training_env(cfg: dict, run: RunDir) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = _path_with_venv()  # axolotl spawns `accelerate` by name
     env["AXOLOTL_DO_NOT_TRACK"] = "1"  # telemetry otherwise blocks ~10 s offline
     env.setdefault("WANDB_DIR", str(run.root))
     env.setdefault("WANDB_MODE", "offline")  # the recipes leave the mode to the environment
+    # Axolotl's own run (loss curves, system metrics) joins the experiment's group beside the stage's
+    env.setdefault("WANDB_RUN_GROUP", run.root.resolve().name)
+    env.setdefault("WANDB_JOB_TYPE", AXOLOTL_JOB_TYPE)
     # W&B would upload the console (Axolotl prints sample rows and paths); aggregates only.
     env.setdefault("WANDB_CONSOLE", "off")
     if Path(cfg["base_model"]).is_dir():  # local weights: never wait on the hub
@@ -236,13 +243,17 @@ def main(
     )
     if dry_run:
         return
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=training_env(cfg, run_dir))
-    if proc.returncode != 0:
-        typer.echo(f"error: training exited with {proc.returncode}", err=True)
-        raise typer.Exit(proc.returncode)
-    summary = training_summary(out_dir, wall_seconds=round(time.perf_counter() - started, 1))
-    write_json(out_dir / "train_summary.json", summary)
+    with stage_run(run_dir, "finetune", inputs=[run_dir.sft / "train.jsonl"], outputs=[out_dir]) as wb:
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env=training_env(cfg, run_dir))
+        if proc.returncode != 0:
+            typer.echo(f"error: training exited with {proc.returncode}", err=True)
+            raise typer.Exit(proc.returncode)
+        summary = training_summary(out_dir, wall_seconds=round(time.perf_counter() - started, 1))
+        write_json(out_dir / "train_summary.json", summary)
+        for step, loss in summary.get("losses", []):  # the loss curve, also when Axolotl's own run is off
+            wb.log({"train/loss": loss}, step=step)
+        log_metrics(wb, {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     typer.echo(
         f"adapter: {out_dir}  steps {summary.get('global_step')}  "
         f"loss {summary.get('loss_first')} -> {summary.get('loss_last')}"

@@ -37,6 +37,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("table4", "augment.scarcity", "augmentation under label scarcity: Table IV, Fig. 7, Fig. 1"),
     ("report", "augment.report", "the experiment's report.md from every stage's artifacts (+ W&B)"),
     ("run", "launch.experiment", "run an experiment recipe end to end, e.g. recipes/experiments/demo.yml"),
+    ("wandb-sync", "sensecf.wandb_sync", "upload a run directory's offline W&B runs and link their lineage"),
     ("models", "sensecf.models", "prepare the embedded SmolLM2 and the real tokenizers offline"),
     ("bench", "benchmarks.run_all", "speed and quality benchmarks -> JSON"),
 )

@@ -1,14 +1,24 @@
 """Weights & Biases for every stage: one W&B run per stage, grouped by run directory.
 
+    with stage_run(run, "classifier", inputs=[run.features], outputs=[run.classifier / "model.skops"]) as wb:
+        ...
     with stage_run(run, "baselines", config) as wb:
         log_metrics(wb, {"validity": 0.93})
         log_table(wb, "table3", table3_df)
         log_image(wb, "fig6", run.eval / "fig6.png")
         log_image(wb, "fig8", run.eval / "fig8.png", per_window=True, log_rows=user_asked)
 
-Offline unless WANDB_MODE says otherwise; files go under RUN/wandb/ (`wandb sync` uploads them
-later). Privacy (DESIGN.md): configs lose every key that looks like a secret, console output is
-not captured, and only aggregates are logged unless a caller passes `log_rows=True` (the user's
+The run's job_type is the stage: the experiment runner's stage name ($SENSECF_STAGE) when it runs
+the stage, else the CLI's own. Its config is the CLI's options (click's current parameters) unless
+given. Inputs and outputs are run-directory paths; each names an artifact (sensecf.wandb_artifacts):
+outputs are logged as artifacts once the stage's body succeeded, inputs are used (online) or named
+in the config for `python -m sensecf.wandb_sync RUN` to link after syncing (offline).
+
+Offline unless WANDB_MODE says otherwise; files go under RUN/wandb/offline-run-* (beside Axolotl's
+training run), uploaded with their lineage by `python -m sensecf.wandb_sync RUN`.
+
+Privacy (DESIGN.md): configs lose every key that looks like a secret, console output is not
+captured, and only aggregates are logged unless a caller passes `log_rows=True` (the user's
 explicit flag): a row-level table, a list of per-row values or a per-window figure is refused.
 """
 
@@ -23,8 +33,11 @@ from pathlib import Path
 import pandas as pd
 
 from sensecf.rundir import GROUP_COL, ID_COL, RunDir
+from sensecf.wandb_artifacts import ArtifactRef, artifact_ref, inside
 
 DEFAULT_PROJECT = "sensecf"
+STAGE_ENV = "SENSECF_STAGE"  # set by the experiment runner: the recipe's stage name
+INPUTS_KEY = "sensecf_inputs"  # config entry naming the run's input artifacts (wandb_sync links them)
 SECRET_WORDS = ("key", "token", "secret", "password")
 # A table is treated as row-level data (refused without log_rows=True) when it carries row
 # identifiers or has more rows than an aggregate table (Table III, a ratio sweep) ever needs.
@@ -51,30 +64,64 @@ def _configure_environment() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def _cli_options() -> dict:
+    """The running CLI's options, as given or defaulted (paths as text)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items()}
+
+
+def stage_job_type(stage: str) -> str:
+    return os.environ.get(STAGE_ENV) or stage
+
+
 @contextmanager
-def stage_run(run: RunDir, stage: str, config: dict, group: str | None = None) -> Iterator:
-    """A W&B run for one stage: job_type = stage, group = the run directory's name."""
+def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(), outputs=(),
+              log_rows: bool = False, group: str | None = None) -> Iterator:
+    """A W&B run for one stage: job_type = the stage, group = the run directory's name, its inputs
+    named in the config (and used, online) and its outputs logged as artifacts on success."""
     _configure_environment()
     import wandb
 
-    wandb_dir = run.root / "wandb"
-    wandb_dir.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
+    used, untracked = [], []  # untracked: run-directory inputs no artifact kind covers, named in the config
+    for path in (p for p in inputs if inside(run, p) and Path(p).exists()):
+        try:
+            used.append(artifact_ref(run, path))
+        except ValueError:
+            untracked.append(str(path))
+    used = _unique(used)
+    config = strip_secrets(_cli_options() if config is None else config)
+    job_type = stage_job_type(stage)
     wb = wandb.init(
         project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
-        dir=str(wandb_dir),
+        dir=str(run.root),
         group=group or run.root.resolve().name,
-        job_type=stage,
-        name=f"{run.root.resolve().name}-{stage}",
-        config=strip_secrets(config),
+        job_type=job_type,
+        name=f"{run.root.resolve().name}-{job_type}",
+        config={**config, INPUTS_KEY: [ref.input_entry() for ref in used], "sensecf_untracked_inputs": untracked},
         reinit="create_new",
         settings=wandb.Settings(console="off", save_code=False),
     )
     try:
+        if not wb.offline and not wb.disabled:  # offline W&B cannot declare inputs: wandb_sync links them
+            for ref in used:
+                wb.use_artifact(ref.build(log_rows))
         yield wb
+        for ref in _unique(artifact_ref(run, p) for p in outputs):
+            if ref.present(ref.files + ref.rows):
+                wb.log_artifact(ref.build(log_rows), aliases=["latest", ref.alias()])
     except BaseException:
         wb.finish(exit_code=1)
         raise
     wb.finish()
+
+
+def _unique(refs) -> list[ArtifactRef]:
+    return list({ref.name: ref for ref in refs}.values())
 
 
 def _is_row_level(df: pd.DataFrame) -> str | None:

@@ -30,6 +30,7 @@ class ReportSection:
     text: str = ""
     tables: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    line_plots: list[str] = field(default_factory=list)  # history keys, e.g. the fine-tune's train/loss
 
 
 def workspaces_available() -> bool:
@@ -53,6 +54,9 @@ def _panels(section: ReportSection) -> list:
     import wandb_workspaces.reports.v2 as wr
 
     panels, y = [], 0
+    for key in section.line_plots:
+        panels.append(wr.LinePlot(title=key, x="Step", y=[key], layout=wr.Layout(x=0, y=y, w=24, h=TABLE_HEIGHT)))
+        y += TABLE_HEIGHT
     for key in section.tables:
         panels.append(wr.WeavePanelSummaryTable(table_name=key, layout=wr.Layout(x=0, y=y, w=24, h=TABLE_HEIGHT)))
         y += TABLE_HEIGHT
@@ -95,7 +99,7 @@ def build_wandb_report(
         blocks.append(wr.H2(text=section.heading))
         if section.text:
             blocks.append(wr.MarkdownBlock(text=section.text))
-        if section.tables or section.images:
+        if section.tables or section.images or section.line_plots:
             blocks.append(wr.PanelGrid(runsets=[runset()], panels=_panels(section)))
     if notes:
         blocks += [wr.H2(text="Notes"), wr.MarkdownBlock(text=notes)]

@@ -7,6 +7,7 @@ categorical feature, to prove the later stages depend on the spec alone.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenanc
 from sensecf.spec import DatasetSpec
 
 REPO = Path(__file__).resolve().parents[1]
+# Unit tests write no W&B runs (each would cost ~2 s); the W&B tests set WANDB_MODE=offline themselves,
+# and the experiment recipes (paper-smoke) set it in their env.
+os.environ["WANDB_MODE"] = "disabled"
 AIREADI_SPEC = REPO / "dataset_builders" / "aireadi_spec.yaml"
 
 GENERIC_SPEC = {

@@ -301,8 +301,8 @@ def test_cli_help_and_run(aireadi, monkeypatch):
     assert "nice: ok 4; 4 new, 0 already done" in result.output
     provenance = json.loads((aireadi.cfs / "baselines" / "provenance.json").read_text())
     assert provenance["config"]["methods"] == ["nice", "teacher"] and provenance["seed"] == 0
-    assert list((aireadi.root / "wandb" / "wandb").glob("offline-run-*"))
-    bad = runner.invoke(baselines.app, ["--run", str(aireadi.root), "--methods", "lime", "--no-wandb"])
+    assert list((aireadi.root / "wandb").glob("offline-run-*"))
+    bad = runner.invoke(baselines.app, ["--run", str(aireadi.root), "--methods", "lime"])
     assert bad.exit_code != 0 and "unknown method 'lime'" in bad.output
 
 

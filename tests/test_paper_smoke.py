@@ -109,6 +109,13 @@ def test_paper_smoke_runs_every_stage_and_row(tmp_path):
     sources = set(table4.loc[table4["row"].str.startswith("CF added"), "method"])
     assert set(PAPER_SOURCES_IV) <= sources and "llama31_ft+grammar" in sources
 
+    # W&B: a run per stage in one group, Axolotl's runs beside them, lineage cohort -> ... -> tables
+    from test_wandb_lineage import assert_experiment_lineage
+
+    edges = assert_experiment_lineage(run, [s.name for s in SMOKE.stages],
+                                      stand_ins=("tiny_llama31", "tiny_biomistral"))
+    print(f"W&B lineage: {len(edges)} (producer, artifact, consumer) edges")
+
     report = (run / "report.md").read_text()
     assert "## Paper's claims" in report and "needs AI-READI + 8B weights" in report
     assert "tiny random-init stand-ins" in report and "**meaningless**" in report

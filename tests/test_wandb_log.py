@@ -29,11 +29,12 @@ def test_offline_stage_run_writes_under_the_run_dir_without_secrets(tmp_path):
     run = RunDir(tmp_path / "exp1")
     config = {"seed": 3, "api_key": SECRET, "nested": {"access_token": SECRET, "lr": 0.1}}
     with stage_run(run, "baselines", config) as wb:
-        assert dict(wb.config) == {"seed": 3, "nested": {"lr": 0.1}}
+        assert dict(wb.config) == {"seed": 3, "nested": {"lr": 0.1}, "sensecf_inputs": [],
+                                   "sensecf_untracked_inputs": []}
         assert wb.group == "exp1" and wb.job_type == "baselines"
         log_metrics(wb, {"validity": 0.75, "method": "nice"})
         log_table(wb, "table3", pd.DataFrame({"method": ["nice", "dice"], "validity": [0.75, 0.5]}))
-    runs = list((run.root / "wandb" / "wandb").glob("offline-run-*"))
+    runs = list((run.root / "wandb").glob("offline-run-*"))  # beside Axolotl's runs: one sync path
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     for path in (run.root / "wandb").rglob("*"):
         if path.is_file():
