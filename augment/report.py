@@ -10,7 +10,9 @@ section a "not run" line naming the command that produces it; nothing here fails
 artifact. Row-level data: report.md holds counts and aggregates only, except the one Table II-style
 example that eval.report already chose (the Intervention section); for a cohort not marked
 synthetic that example names its window and participant by pseudonym, with no date or hour.
-report.md is written atomically under the run directory's lock, provenance.json last.
+report.md is written atomically under the run directory's lock, provenance.json last. Its prose and
+layout are Jinja templates (augment/templates: report.md.j2 the headings and order, sections.md.j2
+one macro per part); this module reads the artifacts and fills them with formatted values.
 
 With --wandb (default; offline unless WANDB_MODE says otherwise) the aggregates go to one W&B run
 of the experiment's group (stage "report"): classifier metrics, Table III, Table IV and the stage
@@ -28,6 +30,7 @@ import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 import typer
 
@@ -37,6 +40,7 @@ from sensecf.cli import InputError, run_cli
 from sensecf.models import TINY_MARKER
 from sensecf.rundir import GROUP_COL, SPLIT_COL, RunDir, file_sha256, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.templates import template_env
 
 CLASSIFIER_METRICS = ["ACC", "PRE", "REC", "F1", "AUC"]
 SECTIONS = [
@@ -44,18 +48,30 @@ SECTIONS = [
     "Paper's claims", "Fine-tuning", "Timing", "Reproducibility", "Notes",
 ]
 NOT_RUN = "not run"
-# Where the figures live (relative to the run directory), what they show, which command draws them.
-# Fig. 8 plots single windows (a dot per factual): row-level, so it goes to W&B only when asked.
+# Where the figures live (relative to the run directory) and which command draws them; their names
+# and captions are in templates/sections.md.j2. Fig. 8 plots single windows (a dot per factual):
+# row-level, so it goes to W&B only when asked.
 FIGURES = {
-    "fig6": ("eval/fig6.png", "Fig. 6", "how much each method changes each mutable feature (mean |CF − factual| "
-                                        "over the training range)", "table3"),
-    "fig8": ("eval/fig8.png", "Fig. 8", "factuals and CFs in a 2-D PCA of the mutable features, one panel per method",
-             "table3"),
-    "fig7": ("augment/fig7.png", "Fig. 7", "F1 vs augmentation ratio per scarcity scenario and CF source (mean and "
-                                           "95% CI over seeds)", "table4"),
-    "fig1": ("augment/fig1.png", "Fig. 1", "F1 of four classifiers as both classes' training data shrink", "table4"),
+    "fig6": ("eval/fig6.png", "table3"),
+    "fig8": ("eval/fig8.png", "table3"),
+    "fig7": ("augment/fig7.png", "table4"),
+    "fig1": ("augment/fig1.png", "table4"),
 }
 PER_WINDOW_FIGURES = {"fig8"}
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+# --- templates -----------------------------------------------------------------------------------
+def _env() -> jinja2.Environment:
+    env = template_env(TEMPLATES)
+    env.globals["NOT_RUN"] = NOT_RUN
+    return env
+
+
+def render(macro: str, **values) -> str:
+    """One part of report.md: the macro `macro` of templates/sections.md.j2 filled with `values`
+    (a parameter left out raises jinja2.UndefinedError), without its trailing newline."""
+    return getattr(_env().get_template("sections.md.j2").module, macro)(**values).rstrip()
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -81,10 +97,15 @@ def commands(run: RunDir) -> dict[str, str]:
     }
 
 
-def not_run(run: RunDir, artifact: str | Path, command_key: str) -> str:
+def missing(run: RunDir, artifact: str | Path, command_key: str) -> dict[str, str]:
+    """What a "not run" line names: the missing artifact (relative to the run) and its command."""
     path = Path(artifact)
     shown = path.relative_to(run.root) if path.is_relative_to(run.root) else path
-    return f"_{NOT_RUN}_: `{shown}` is missing. It is produced by `{commands(run)[command_key]}`.\n"
+    return {"path": str(shown), "command": commands(run)[command_key]}
+
+
+def not_run(run: RunDir, artifact: str | Path, command_key: str) -> str:
+    return render("not_run", missing=missing(run, artifact, command_key))
 
 
 def load_spec(run: RunDir) -> DatasetSpec | None:
@@ -136,9 +157,14 @@ def fmt(value, digits: int = 3) -> str:
 
 def md_table(rows: list[dict]) -> str:
     if not rows:
-        return "_(none)_\n"
+        return "_(none)_"
     # disable_numparse: keep the cells exactly as formatted ("0.420", "1,739"), not re-read as numbers
-    return pd.DataFrame(rows).astype(str).to_markdown(index=False, disable_numparse=True) + "\n"
+    return pd.DataFrame(rows).astype(str).to_markdown(index=False, disable_numparse=True)
+
+
+def count_table(header: str, counts: dict) -> str:
+    """A two-column table: each key under `header`, its count."""
+    return md_table([{header: k, "count": fmt(v)} for k, v in counts.items()])
 
 
 def demote(markdown: str, levels: int = 2) -> str:
@@ -146,13 +172,18 @@ def demote(markdown: str, levels: int = 2) -> str:
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown, flags=re.M)
 
 
-def figure(run: RunDir, key: str) -> str:
-    rel, name, caption, command_key = FIGURES[key]
+def embed(path: Path) -> str:
+    """An earlier stage's Markdown file, its headings demoted, without trailing whitespace."""
+    return demote(path.read_text()).rstrip()
+
+
+def figure(run: RunDir, key: str) -> dict:
+    """A figure for the template: its link relative to report.md, or what is missing."""
+    rel, command_key = FIGURES[key]
     path = run.root / rel
     if not path.is_file():
-        return f"**{name}**: " + not_run(run, path, command_key)
-    link = os.path.relpath(path, run.report.parent)
-    return f"![{name} — {caption}]({link})\n\n*{name} — {caption}.*\n"
+        return {"link": None, "missing": missing(run, path, command_key)}
+    return {"link": os.path.relpath(path, run.report.parent), "missing": None}
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -182,84 +213,80 @@ def _split_table(splits: dict, spec: DatasetSpec | None) -> str:
     return md_table(rows)
 
 
-def _aireadi_quality(q: dict, spec: DatasetSpec | None) -> list[str]:
+def _demographics(demo: dict) -> dict:
+    """The AI-READI builder's demographics summary, formatted for the template."""
+    return {
+        "file_given": bool(demo.get("demographics_file")),
+        "observation_found": bool(demo.get("observation_csv_found")),
+        "counted_over": demo.get("counted_over", "participants"),
+        "sex_unknown": fmt(demo.get("sex_unknown")),
+        "medication_unknown": fmt(demo.get("medication_unknown")),
+        "rows_not_in_participants": fmt(demo.get("demographics_rows_not_in_participants_tsv")),
+        "sources_table": md_table([{"feature": feat, "source": src, "participants": fmt(n)}
+                                   for feat in ("sex", "medication")
+                                   for src, n in demo.get(f"{feat}_source", {}).items()]),
+    }
+
+
+def _aireadi_quality(q: dict, spec: DatasetSpec | None) -> str:
     p, w, demo = q["participants"], q["windows"], q.get("demographics", {})
     dropped = w.get("dropped_by_first_reason", {})
-    out = [
-        f"**Participants**: {fmt(p.get('listed'))} listed, {fmt(p.get('read'))} read, "
-        f"{fmt(p.get('with_windows'))} with at least one window, {fmt(p.get('skipped'))} skipped.\n",
-        md_table([{"participants skipped because": k, "count": fmt(v)}
-                  for k, v in p.get("skipped_by_reason", {}).items()]),
-        f"**Windows**: {fmt(w.get('built'))} built, {fmt(w.get('kept'))} kept, "
-        f"{fmt(sum(dropped.values()))} dropped, each counted under the first check it failed "
-        f"(checks in order: {', '.join(w.get('drop_reason_order', dropped))}).\n",
-        md_table([{"windows dropped because": k, "count": fmt(v)} for k, v in dropped.items()]),
-        "**Readings dropped** as implausible (outside the study's dates or physiological ranges; rules in "
-        "`cohort/quality.json` under `dropped_readings_rules`):\n",
-        md_table([{"readings dropped because": k, "count": fmt(v)} for k, v in q.get("dropped_readings", {}).items()]),
-        "**Quirks** repaired or counted while reading the release:\n",
-        md_table([{"quirk": k, "count": fmt(v)} for k, v in q.get("quirks", {}).items()]),
-        f"**Files that could not be used**: {len(q.get('failed_files', []))} (paths and reasons in "
-        "`cohort/quality.json`).\n",
-    ]
-    if demo:
-        given = "given" if demo.get("demographics_file") else "**not given** (sex is unknown for everyone)"
-        observation = "found" if demo.get("observation_csv_found") else "**not found**"
-        sources = [{"feature": feat, "source": src, "participants": fmt(n)}
-                   for feat in ("sex", "medication") for src, n in demo.get(f"{feat}_source", {}).items()]
-        out += [
-            "**Sex and medication** are not in the public release. Controlled-access demographics file: "
-            f"{given}; public screening items (`cmtrt_*` in observation.csv) for medication: {observation}. "
-            f"Over the {demo.get('counted_over', 'participants')}: sex unknown for {fmt(demo.get('sex_unknown'))}, "
-            f"medication unknown for {fmt(demo.get('medication_unknown'))}; demographics rows matching no "
-            f"participant: {fmt(demo.get('demographics_rows_not_in_participants_tsv'))}.\n",
-            md_table(sources),
-        ]
-    if "label" in q:
-        lab = q["label"]
-        out.append(f"**Label** `{lab.get('name')}`: {lab.get('rule')} (scope: {lab.get('scope')}; windows need "
-                   f"{lab.get('min_stress_values')} valid stress values).\n")
-    if "split" in q:
-        split = q["split"]
-        out += [f"**Split** by participant ({split.get('method')}, seed {split.get('seed')}):\n",
-                _split_table({k: split[k] for k in ("train", "test") if k in split}, spec)]
-    return out
+    label, split = q.get("label"), q.get("split")
+    return render(
+        "aireadi_quality",
+        participants={k: fmt(p.get(k)) for k in ("listed", "read", "with_windows", "skipped")},
+        skipped_table=count_table("participants skipped because", p.get("skipped_by_reason", {})),
+        windows={"built": fmt(w.get("built")), "kept": fmt(w.get("kept")), "dropped": fmt(sum(dropped.values())),
+                 "order": list(w.get("drop_reason_order", dropped))},
+        dropped_table=count_table("windows dropped because", dropped),
+        readings_table=count_table("readings dropped because", q.get("dropped_readings", {})),
+        quirks_table=count_table("quirk", q.get("quirks", {})),
+        failed_files=len(q.get("failed_files", [])),
+        demographics=_demographics(demo) if demo else None,
+        label=None if label is None else {k: label.get(k) for k in ("name", "rule", "scope", "min_stress_values")},
+        split=None if split is None else {
+            "method": split.get("method"), "seed": split.get("seed"),
+            "table": _split_table({k: split[k] for k in ("train", "test") if k in split}, spec)},
+    )
 
 
-def _table_quality(q: dict, spec: DatasetSpec | None) -> list[str]:
-    missing = q.get("missing_by_column", {})
-    out = [f"**Rows**: {fmt(q.get('rows_read'))} read, {fmt(q.get('rows_kept'))} kept, "
-           f"{fmt(q.get('rows_dropped_missing'))} dropped for missing values.\n"]
-    if missing:
-        out.append(md_table([{"column": k, "rows missing": fmt(v)} for k, v in missing.items()]))
-    if "label_balance" in q:
-        out.append("**Label balance**: " + ", ".join(f"{class_name(spec, k)}: {fmt(v)}"
-                                                     for k, v in q["label_balance"].items()) + ".\n")
-    return out
+def _table_quality(q: dict, spec: DatasetSpec | None) -> str:
+    missing_by_column = q.get("missing_by_column", {})
+    balance = q.get("label_balance")
+    return render(
+        "table_quality",
+        rows_read=fmt(q.get("rows_read")), rows_kept=fmt(q.get("rows_kept")),
+        rows_dropped=fmt(q.get("rows_dropped_missing")),
+        missing_table=md_table([{"column": k, "rows missing": fmt(v)} for k, v in missing_by_column.items()])
+        if missing_by_column else None,
+        label_balance=None if balance is None else [f"{class_name(spec, k)}: {fmt(v)}" for k, v in balance.items()],
+    )
+
+
+def _quality(run: RunDir, q: dict | None, spec: DatasetSpec | None) -> str:
+    """quality.json's part of Data quality, by its layout (AI-READI builder or table builder)."""
+    if q is None:
+        return not_run(run, run.quality, "cohort")
+    if "participants" in q and "windows" in q:
+        return _aireadi_quality(q, spec)
+    if "rows_read" in q:
+        return _table_quality(q, spec)
+    return render("quality_unrecognised", keys=sorted(q))
 
 
 def section_data_quality(run: RunDir) -> str:
     if not run.features.is_file():
         return not_run(run, run.features, "cohort")
-    spec, prov = load_spec(run), read_json(run.cohort / "provenance.json") or {}
-    source = prov.get("source", {})
-    kind = "synthetic" if run.is_synthetic() else "not marked synthetic"
-    version = f", release version `{source['release_version']}`" if source.get("release_version") else ""
-    parts = [f"Cohort source: **{kind}**{version} (`cohort/provenance.json`).\n"]
+    spec = load_spec(run)
+    source = (read_json(run.cohort / "provenance.json") or {}).get("source", {})
     q = read_json(run.quality)
-    if q is None:
-        parts.append(not_run(run, run.quality, "cohort"))
-    elif "participants" in q and "windows" in q:
-        parts += _aireadi_quality(q, spec)
-    elif "rows_read" in q:
-        parts += _table_quality(q, spec)
-    else:
-        parts.append(f"`cohort/quality.json` has an unrecognised layout (keys: {', '.join(sorted(q))}).\n")
+    cohort = None
     if q is None or "split" not in q:  # the split's counts, when quality.json does not give them
         counts = cohort_counts(run)
-        parts += [f"**Cohort table** (`cohort/features.parquet`): {fmt(counts['windows'])} windows from "
-                  f"{fmt(counts['participants'])} participants.\n", _split_table(counts["splits"], spec)]
-    return "\n".join(parts)
+        cohort = {"windows": fmt(counts["windows"]), "participants": fmt(counts["participants"]),
+                  "split_table": _split_table(counts["splits"], spec)}
+    return render("data_quality", synthetic=run.is_synthetic(), release_version=source.get("release_version"),
+                  quality=_quality(run, q, spec), cohort=cohort)
 
 
 def section_classifier(run: RunDir) -> str:
@@ -270,12 +297,9 @@ def section_classifier(run: RunDir) -> str:
     rows = [{"metric": k, "test": fmt(m.get(k)), "train": fmt(train.get(k))} for k in CLASSIFIER_METRICS]
     balance = m.get("class_balance", {}).get("test", {})
     spec = load_spec(run)
-    return (
-        f"Black box: `{m.get('model')}` (seed {m.get('seed')}), trained on {fmt(m.get('n_train'))} windows of the "
-        f"training split and scored on {fmt(m.get('n_test'))} test windows ("
-        + ", ".join(f"{class_name(spec, k)}: {fmt(v)}" for k, v in balance.items())
-        + "). Positive class 1; AUC from P(class 1).\n\n" + md_table(rows)
-    )
+    return render("classifier", model=m.get("model"), seed=m.get("seed"), n_train=fmt(m.get("n_train")),
+                  n_test=fmt(m.get("n_test")), balance=[f"{class_name(spec, k)}: {fmt(v)}" for k, v in balance.items()],
+                  table=md_table(rows))
 
 
 def section_table3(run: RunDir) -> str:
@@ -283,27 +307,15 @@ def section_table3(run: RunDir) -> str:
     on_disk = cf_methods(run)
     if not path.is_file():
         return not_run(run, run.cfs, "cfs") if not on_disk else not_run(run, path, "table3")
-    text = demote(path.read_text())
+    table = embed(path)
     prov = read_json(run.eval / "provenance.json") or {}
     in_table = set(prov.get("config", {}).get("methods", on_disk))
-    left_out = sorted(set(on_disk) - in_table)
-    if left_out:
-        text += (f"\nCF files in `cfs/` not in this table (written after it, or left out with --methods): "
-                 f"{', '.join(left_out)}. Re-run `{commands(run)['table3']}` to include them.\n")
-    if "Distance (valid)" in text:
-        text += ("\nDistance, sparsity and plausibility are given twice: over all parsed CFs, valid or not (the "
-                 "paper's averaging), and over valid CFs only (the \"(valid)\" columns, averaged over n valid; – "
-                 "when a method has none). Bold for these three marks the valid-CF columns. Validity and "
-                 "plausibility show a 95 % Wilson interval in brackets.\n")
-    else:
-        text += ("\nThis Table III predates the valid-CF columns and the 95 % intervals: its distance, sparsity and "
-                 f"plausibility are over all parsed CFs, valid or not. Re-run `{commands(run)['table3']}` to add "
-                 "them.\n")
-    return text + "\nMetric definitions: DESIGN.md (validity, distance, sparsity, plausibility and the rest).\n"
+    return render("table3", table=table, left_out=sorted(set(on_disk) - in_table),
+                  valid_columns="Distance (valid)" in table, command=commands(run)["table3"])
 
 
 def section_figs_6_8(run: RunDir) -> str:
-    return "\n".join(figure(run, k) for k in ("fig6", "fig8"))
+    return render("figs_6_8", fig6=figure(run, "fig6"), fig8=figure(run, "fig8"))
 
 
 def section_intervention(run: RunDir) -> str:
@@ -317,10 +329,8 @@ def section_intervention(run: RunDir) -> str:
                      and prov.get("outputs", {}).get(path.name) == file_sha256(path))
     if not run.is_synthetic() and not pseudonymised:
         # Written while the cohort counted as synthetic: it may name a real window. Never copy it.
-        return (f"_Left out_: `eval/intervention.md` names its window by id (written when the cohort counted as "
-                f"synthetic), and this cohort is not marked synthetic now. Re-run `{commands(run)['table3']}` "
-                "to write a pseudonymised example.\n")
-    return demote(path.read_text())
+        return render("intervention_left_out", command=commands(run)["table3"])
+    return embed(path)
 
 
 def section_table4(run: RunDir) -> str:
@@ -329,18 +339,14 @@ def section_table4(run: RunDir) -> str:
         train_dir = run.cfs / "train"
         return not_run(run, path, "table4") if cf_methods(run, train_dir) else not_run(run, train_dir, "train_cfs")
     config = (read_json(run.augment / "provenance.json") or {}).get("config", {})
-    lines = []
-    if config:
-        lines.append(
-            f"Sources: {', '.join(config.get('sources', []))}; scenarios {', '.join(config.get('scenarios', []))}; "
-            f"ratios {config.get('ratios')} (table at ratio {config.get('table_ratio')}); "
-            f"seeds {len(config.get('seeds', []))}.\n"
-        )
-    return "\n".join(lines) + "\n" + demote(path.read_text())
+    grid = {"sources": config.get("sources", []), "scenarios": config.get("scenarios", []),
+            "ratios": config.get("ratios"), "table_ratio": config.get("table_ratio"),
+            "seeds": len(config.get("seeds", []))}
+    return render("table4", config=grid if config else None, table=embed(path))
 
 
 def section_figs_7_1(run: RunDir) -> str:
-    return "\n".join(figure(run, k) for k in ("fig7", "fig1"))
+    return render("figs_7_1", fig7=figure(run, "fig7"), fig1=figure(run, "fig1"))
 
 
 def section_claims(run: RunDir) -> str:
@@ -351,11 +357,7 @@ def section_claims(run: RunDir) -> str:
     table4 = pd.read_csv(t4_path) if t4_path.is_file() else None
     rows = claims(pd.read_csv(metrics_path), table4, real_data=not run.is_synthetic())
     header = {"claim": "Claim", "paper": "Paper", "run": "This run (95 % interval)", "verdict": "Verdict"}
-    text = md_table([{header[k]: v for k, v in row.items()} for row in rows])
-    return text + ("\nOnly paper-protocol rows are compared with the paper. Verdicts: reproduced (the effect "
-                   "beyond this run's intervals, or the claimed value inside them), not reproduced, inconclusive "
-                   "(intervals overlap), not measured; \"needs AI-READI + 8B weights\" where this run has not the "
-                   "paper's data or models, so its verdict says nothing about the paper's numbers.\n")
+    return render("claims", table=md_table([{header[k]: v for k, v in row.items()} for row in rows]))
 
 
 def trainer_state(folder: Path) -> dict | None:
@@ -392,30 +394,31 @@ def training_row(recipe: str, folder: Path) -> dict:
             "runtime (s)": fmt(runtime, 1), "note": ""}
 
 
+def _sft_pairs(s: dict) -> dict:
+    """sft/summary.json (dataset_builders.pairs), formatted for the template."""
+    written = s.get("written", {})
+    return {
+        "factuals": fmt(s.get("factuals")),
+        "teacher_valid": fmt(s.get("teacher_valid")),
+        "teacher_invalid": fmt(s.get("teacher_invalid")),
+        "invalid_reasons": [f"{k}: {fmt(v)}" for k, v in s.get("teacher_invalid_reasons", {}).items()],
+        "dropped_by_max_pairs": fmt(s.get("dropped_by_max_pairs")),
+        "train": fmt(written.get("train")), "val": fmt(written.get("val")), "fewshot": fmt(written.get("fewshot")),
+        "max_tokens": s.get("max_tokens"),
+        "token_table": md_table([{"tokenizer": name, **{k: fmt(v, 1) for k, v in stats.items()}}
+                                 for name, stats in s.get("token_lengths", {}).items()]),
+    }
+
+
 def section_finetuning(run: RunDir) -> str:
-    parts = []
     s = read_json(run.sft / "summary.json")
-    if s is None:
-        parts.append(not_run(run, run.sft / "summary.json", "sft"))
-    else:
-        written = s.get("written", {})
-        parts += [
-            f"**SFT pairs** (`sft/summary.json`): {fmt(s.get('factuals'))} training factuals; teacher CF valid for "
-            f"{fmt(s.get('teacher_valid'))}, invalid for {fmt(s.get('teacher_invalid'))} "
-            f"({', '.join(f'{k}: {fmt(v)}' for k, v in s.get('teacher_invalid_reasons', {}).items()) or 'none'}); "
-            f"dropped by --max-pairs {fmt(s.get('dropped_by_max_pairs'))}. Written: train {fmt(written.get('train'))}, "
-            f"val {fmt(written.get('val'))}, few-shot pool {fmt(written.get('fewshot'))}.\n",
-            f"Token lengths of the full chat per tokenizer (limit {s.get('max_tokens')}):\n",
-            md_table([{"tokenizer": name, **{k: fmt(v, 1) for k, v in stats.items()}}
-                      for name, stats in s.get("token_lengths", {}).items()]),
-        ]
     folders = sorted(p for p in run.checkpoints.iterdir() if p.is_dir()) if run.checkpoints.is_dir() else []
-    if not folders:
-        parts.append("**Training**: " + not_run(run, run.checkpoints, "finetune"))
-    else:
-        parts += ["**Training** (`checkpoints/<recipe>/`, from the trainer state):\n",
-                  md_table([training_row(p.name, p) for p in folders])]
-    return "\n".join(parts)
+    return render(
+        "finetuning",
+        sft=None if s is None else _sft_pairs(s), sft_missing=missing(run, run.sft / "summary.json", "sft"),
+        training_table=md_table([training_row(p.name, p) for p in folders]) if folders else None,
+        training_missing=missing(run, run.checkpoints, "finetune"),
+    )
 
 
 def section_timing(run: RunDir) -> str:
@@ -423,24 +426,20 @@ def section_timing(run: RunDir) -> str:
     data = read_json(path)
     if data is None:
         return not_run(run, path, "timing")
-    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     stages = data.get("stages", [])
     rows = [{"stage": s.get("stage"), "wall time (s)": fmt(s.get("seconds"), 1),
              "skipped (up to date)": fmt(bool(s.get("skipped")))} for s in stages]
-    if data.get("total_seconds") is None:  # the runner writes the total only when every stage is done
-        when = (f"written {written} while the run was in progress (the stages before this report; "
-                f"their sum {fmt(sum(s.get('seconds') or 0 for s in stages), 1)} s)")
-    else:
-        total = fmt(data["total_seconds"], 1)
-        when = f"`{data.get('recipe')}`, written {written} when the runner finished; total {total} s"
-    return f"Per-stage wall time (`stages.json`, {when}). Seconds per CF are in Table III.\n\n" + md_table(rows)
+    total = data.get("total_seconds")  # the runner writes the total only when every stage is done
+    return render(
+        "timing", written=datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
+        recipe=data.get("recipe"), total=None if total is None else fmt(total, 1),
+        stage_sum=fmt(sum(s.get("seconds") or 0 for s in stages), 1), table=md_table(rows),
+    )
 
 
-def section_reproducibility(run: RunDir) -> str:
-    provs = provenances(run)
-    if not provs:
-        return f"_{NOT_RUN}_: no stage wrote a `provenance.json` yet.\n"
-    rows, versions = [], {}
+def provenance_rows(provs: dict[str, dict]) -> list[dict]:
+    """One table row per stage's provenance.json."""
+    rows = []
     for stage, p in provs.items():
         command = p.get("command")
         seed = p.get("seed") if p.get("seed") is not None else p.get("config", {}).get("seeds")  # augment: a list
@@ -448,17 +447,29 @@ def section_reproducibility(run: RunDir) -> str:
                      "git commit": (p.get("git_commit") or "–")[:12],
                      "inputs hashed": fmt(len(p.get("inputs", {}))),
                      "command": f"`{shlex.join(command)}`" if command else "–"})
+    return rows
+
+
+def version_rows(provs: dict[str, dict]) -> list[dict]:
+    """One table row per package the stages recorded, naming the stages where versions differ."""
+    versions = {}
+    for stage, p in provs.items():
         for package, version in p.get("versions", {}).items():
             versions.setdefault(package, {}).setdefault(version, []).append(stage)
-    vrows = []
+    rows = []
     for package, by_version in sorted(versions.items()):
         shown = [v if len(by_version) == 1 else f"{v} ({', '.join(stages)})" for v, stages in by_version.items()]
-        vrows.append({"package": package, "version": "; ".join(shown)})
+        rows.append({"package": package, "version": "; ".join(shown)})
+    return rows
+
+
+def section_reproducibility(run: RunDir) -> str:
+    provs = provenances(run)
+    if not provs:
+        return render("no_provenance")
     commits = {p.get("git_commit") for p in provs.values() if p.get("git_commit")}
-    note = (f"\nThe stages ran at {len(commits)} different git commits.\n" if len(commits) > 1 else "")
-    return ("Each stage's `provenance.json` (command, seed, config, package versions, git commit, SHA-256 of "
-            "its inputs):\n\n" + md_table(rows) + "\nPackage versions recorded by the stages (stages named "
-            "where they differ):\n\n" + md_table(vrows) + note)
+    return render("reproducibility", stages_table=md_table(provenance_rows(provs)),
+                  versions_table=md_table(version_rows(provs)), n_commits=len(commits))
 
 
 def stand_in_methods(run: RunDir) -> list[str]:
@@ -480,49 +491,30 @@ def notes(run: RunDir) -> list[str]:
     """Honest limits of this run, as bullet items."""
     items = []
     if run.is_synthetic():
-        items.append("The cohort is **synthetic**: its numbers show that the pipeline runs end to end; they are not "
-                     "AI-READI results and say nothing about stress in people.")
+        items.append(render("note_synthetic"))
     elif run.features.is_file():
-        items.append("The cohort is **not marked synthetic**. If it is AI-READI data, this report holds aggregates "
-                     "and one example window (Intervention, named by pseudonym, without date or hour) derived "
-                     "from health data under the data-use agreement.")
+        items.append(render("note_not_synthetic"))
     methods = set(cf_methods(run)) | set(cf_methods(run, run.cfs / "train"))
     recipes = {p.name for p in run.checkpoints.iterdir()} if run.checkpoints.is_dir() else set()
     small = sorted(m for m in methods | recipes if "smollm" in m.lower())
     if small:
-        items.append(f"SmolLM2-135M-Instruct ({', '.join(small)}) is a 135 M-parameter model embedded so the pipeline "
-                     "runs offline on a CPU: its CFs show that the generation engine works (grammar, parsing, "
-                     "validity checks), not the quality of the paper's 7–8 B models.")
+        items.append(render("note_smollm", names=small))
     if (run.sft / "summary.json").is_file():
-        items.append("Fine-tuning targets are the teacher's CFs (nearest training window of the other predicted "
-                     "class, sparsified; sensecf.teacher), written in Fig. 4's answer format: the project's choice, "
-                     "as the paper does not say where its targets came from.")
+        items.append(render("note_sft_targets"))
     stand_ins = stand_in_methods(run)
     if stand_ins:
-        items.append(f"**{', '.join(stand_ins)}** ran on tiny random-init stand-ins (`sensecf.models tiny`) of the "
-                     "paper's models: their numbers (and Table IV's rows from them) are **meaningless**; the run "
-                     "only shows that every stage and row runs.")
+        items.append(render("note_stand_ins", methods=stand_ins))
     counts = (read_json(run.eval / "provenance.json") or {}).get("config", {}).get("records_per_file", {})
     if counts:
-        items.append("Table III's validity and plausibility carry 95 % Wilson intervals; distance and sparsity are "
-                     "point estimates. Records per file: " + ", ".join(f"{m}: {n}" for m, n in counts.items())
-                     + "; with few factuals per class, small differences between methods are noise.")
+        items.append(render("note_table3_intervals", records=[f"{m}: {n}" for m, n in counts.items()]))
     config = (read_json(run.augment / "provenance.json") or {}).get("config", {})
     if config:
-        seeds = len(config.get("seeds", []))
-        text = f"Table IV averages {seeds} seed(s) with 95% t-intervals"
-        text += "; one seed gives no interval." if seeds < 2 else "."
         table = run.augment / "table4.csv"
-        if table.is_file():
-            t4 = pd.read_csv(table)
-            short = int(t4["note"].fillna("").str.startswith("insufficient").sum())
-            if short:
-                text += (f" {short} cell(s) had too few usable CFs and were not fitted (marked insufficient; "
-                         "the CF pool summary under Table IV says why CFs were excluded).")
-            items.append(text)
+        t4 = pd.read_csv(table) if table.is_file() else None
+        short = 0 if t4 is None else int(t4["note"].fillna("").str.startswith("insufficient").sum())
+        items.append(render("note_table4_seeds", seeds=len(config.get("seeds", [])), insufficient=short))
+        if t4 is not None:
             items += table4_notes(t4)
-        else:
-            items.append(text)
     return items
 
 
@@ -533,16 +525,12 @@ def table4_notes(t4: pd.DataFrame) -> list[str]:
     reduced = fitted[fitted["row"].str.startswith("Reduced")]
     flat = [f"{r.scenario} ({r.F1:+.2f}% ± {r.F1_ci:.2f})" for r in reduced.itertuples() if abs(r.F1) <= r.F1_ci]
     if flat:
-        items.append("Removing 50% did not change F1 beyond the spread over seeds in scenario(s) "
-                     + ", ".join(flat) + ": there is little to recover, so the CF rows of those scenarios "
-                     "cannot show the paper's recovery (paper: -10% to -15% F1 after reduction).")
+        items.append(render("note_reduction_flat", scenarios=flat))
     added = fitted[fitted["row"].str.startswith("CF added")]
     worse = [f"{r.method} in {r.scenario} ({r.F1:+.2f}% ± {r.F1_ci:.2f})" for r in added.itertuples()
              if r.F1 + r.F1_ci < 0]
     if worse:
-        items.append("CFs lowered F1 beyond the spread over seeds: " + ", ".join(worse) + ". A CF sits just across "
-                     "the decision boundary; many of them, labelled with the reduced class, move the boundary "
-                     "into the other class.")
+        items.append(render("note_cfs_lowered_f1", cells=worse))
     return items
 
 
@@ -566,59 +554,46 @@ def summary(run: RunDir) -> str:
     name = run.root.resolve().name
     counts = cohort_counts(run)
     if counts is None:
-        return f"Run `{name}` has no cohort yet, so no stage after it can have run."
-    kind = "a **synthetic** cohort" if run.is_synthetic() else "a cohort **not marked synthetic**"
+        return render("summary_no_cohort", name=name)
     spec = load_spec(run)
-    text = (f"Run `{name}` used {kind} ({spec.name if spec else 'unknown spec'}): {fmt(counts['windows'])} windows "
-            f"from {fmt(counts['participants'])} participants, split by participant into "
-            + ", ".join(f"{side} {fmt(s['windows'])}" for side, s in counts["splits"].items()) + " windows.")
     m = read_json(run.classifier / "metrics.json")
-    if m:
-        text += (f" The black box ({m.get('model')}) scores F1 {fmt(m.get('F1'))}, AUC {fmt(m.get('AUC'))} "
-                 "on the test split.")
-    methods = cf_methods(run)
-    if methods:
-        text += f" CFs of test windows came from {len(methods)} method(s): {', '.join(methods)}."
-    train_methods = cf_methods(run, run.cfs / "train")
-    if train_methods:
-        text += f" CFs of training windows for augmentation came from {', '.join(train_methods)}."
-    if run.checkpoints.is_dir():
-        recipes = sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir())
-        if recipes:
-            text += f" Fine-tuned: {', '.join(recipes)}."
-    missing = [label for label, path in [
+    recipes = sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir()) if run.checkpoints.is_dir() else []
+    absent = [label for label, path in [
         ("classifier", run.classifier / "metrics.json"), ("Table III", run.eval / "table3.md"),
         ("Table IV", run.augment / "table4.md"), ("SFT pairs", run.sft / "summary.json"),
         ("fine-tuning", run.checkpoints)] if not path.exists()]
-    if missing:
-        text += f" Not run: {', '.join(missing)} (their sections say how to run them)."
-    return text
+    return render(
+        "summary", name=name, synthetic=run.is_synthetic(), spec_name=spec.name if spec else None,
+        windows=fmt(counts["windows"]), participants=fmt(counts["participants"]),
+        splits=[f"{side} {fmt(s['windows'])}" for side, s in counts["splits"].items()],
+        classifier={"model": m.get("model"), "F1": fmt(m.get("F1")), "AUC": fmt(m.get("AUC"))} if m else None,
+        methods=list(cf_methods(run)), train_methods=list(cf_methods(run, run.cfs / "train")), recipes=recipes,
+        absent=absent,
+    )
 
 
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)  # JSON errors are ValueErrors
 
 
 def render_report(run: RunDir) -> tuple[str, dict[str, str]]:
-    """(report.md text, errors per section). A part whose artifact cannot be read says so in place."""
+    """(report.md text, errors per part). A part whose artifact cannot be read says so in place."""
     errors = {}
 
-    def safe(name: str, build, fallback):
+    def safe(name: str, build):
         try:
             return build(run)
         except READ_ERRORS as e:
             errors[name] = f"{type(e).__name__}: {e}"
-            return fallback(errors[name])
+            return None
 
-    title = f"SenseCF experiment report — {run.root.resolve().name}"
-    parts = [f"# {title}", "", safe("Summary", summary, lambda e: f"**Summary could not be written**: {e}"), ""]
-    for heading, build in SECTION_BUILDERS.items():
-        body = safe(heading, build, lambda e: f"**Could not be rendered**: {e}\n")
-        parts += [f"## {heading}", "", body.rstrip(), ""]
-    items = safe("Notes", notes, lambda e: [f"**Notes could not be written**: {e}"])
-    if errors:
-        items.append("Parts that could not be rendered: " + "; ".join(f"{h} ({e})" for h, e in errors.items()))
-    parts += ["## Notes", "", *(f"- {item}" for item in items), ""]
-    return "\n".join(parts), errors
+    text = safe("Summary", summary)
+    sections = [(heading, safe(heading, build)) for heading, build in SECTION_BUILDERS.items()]
+    items = safe("Notes", notes)
+    report = _env().get_template("report.md.j2").render(
+        name=run.root.resolve().name, summary=text, sections=sections, notes=items, errors=errors,
+        failed=[f"{heading} ({error})" for heading, error in errors.items()],
+    )
+    return report, errors
 
 
 # --- W&B -----------------------------------------------------------------------------------------
@@ -652,7 +627,8 @@ def log_to_wandb(run: RunDir, row_level: bool = False) -> str | None:
     from sensecf.wandb_report import ReportSection, build_wandb_report, publish_wandb_report, workspaces_available
 
     metrics, tables, images = wandb_aggregates(run, row_level)
-    with stage_run(run, "report", {"run": run.root.resolve().name, "row_level": row_level}) as wb:
+    with stage_run(run, "report", {"run": run.root.resolve().name, "row_level": row_level},
+                   inputs=[run.eval / "table3.md", run.augment / "table4.md"], outputs=[run.report]) as wb:
         if metrics:
             log_metrics(wb, metrics)
         for name, df in tables.items():
@@ -669,13 +645,16 @@ def log_to_wandb(run: RunDir, row_level: bool = False) -> str | None:
 
     sections = [
         ReportSection("Classifier", tables=keys(["classifier_metrics"], tables)),
+        ReportSection("Fine-tune", text="Loss per optimizer step of each fine-tune stage (and Axolotl's own run).",
+                      line_plots=["train/loss"]),
         ReportSection("Table III — CF quality", tables=keys(["table3"], tables), images=keys(["fig6", "fig8"], images)),
         ReportSection("Table IV — augmentation under label scarcity", tables=keys(["table4"], tables),
                       images=keys(["fig7", "fig1"], images)),
         ReportSection("Timing", tables=keys(["stages"], tables)),
     ]
     report = build_wandb_report(
-        title=f"SenseCF — {group}", summary=summary(run), sections=[s for s in sections if s.tables or s.images],
+        title=f"SenseCF — {group}", summary=summary(run),
+        sections=[s for s in sections if s.tables or s.images or s.line_plots],
         notes="\n".join(f"- {item}" for item in notes(run)), group=group,
         project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
     )

@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
 from sensecf.cfblock import ANSWER_BULLET, CLOSE_TAG, INSTANCE_BULLET, OPEN_TAG, feature_text, render_block
 from sensecf.spec import DatasetSpec
+from sensecf.templates import template_env
 
 TEMPLATES = Path(__file__).parent / "templates"
 _SYSTEM_PROBE = "SENSECF-SYSTEM-PROBE"
 
 
-@lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
+    return template_env(TEMPLATES)
 
 
 def _check_row(spec: DatasetSpec, row: Mapping, what: str) -> None:

@@ -317,7 +317,7 @@ def test_cli_logs_aggregates_offline_and_never_publishes(full_run, monkeypatch):
     result = CliRunner().invoke(app, ["--run", str(full_run.root)])
     assert result.exit_code == 0, result.output
     assert "W&B (offline): aggregates logged" in result.output
-    runs = list((full_run.root / "wandb" / "wandb").glob("offline-run-*"))
+    runs = list((full_run.root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = {p.name.split("_")[0] for p in runs[0].rglob("*") if p.suffix in (".png", ".json") and "media" in p.parts}
     assert {"table3", "table4", "fig6", "fig7", "fig1"} <= media
@@ -395,3 +395,29 @@ def test_a_table3_without_valid_cf_columns_says_to_rerun(tmp_path):
     text = section_table3(run)
     assert "predates the valid-CF columns" in text and f"python -m eval.report --run {run.root}" in text
     assert "(the paper's averaging)" not in text
+
+
+def test_the_templates_lay_out_a_hand_made_context_and_refuse_a_missing_value():
+    """The prose is in augment/templates: a section macro and the layout render given values under
+    their headings; a value left out raises instead of leaving a blank."""
+    from jinja2 import UndefinedError
+
+    from augment.report import _env, render
+
+    body = render("classifier", model="MLPClassifier", seed=0, n_train="1,739", n_test="376",
+                  balance=["0: 187", "1: 189"], table="| metric | test |\n|:--|:--|\n| F1 | 0.732 |")
+    assert body.startswith("Black box: `MLPClassifier` (seed 0), trained on 1,739 windows of the training split")
+    assert "376 test windows (0: 187, 1: 189). Positive class 1" in body and body.endswith("| F1 | 0.732 |")
+    layout = _env().get_template("report.md.j2")
+    context = dict(name="exp1", summary="What ran.", sections=[("Classifier", body), ("Timing", None)],
+                   notes=["A limit."], errors={"Timing": "OSError: gone"}, failed=["Timing (OSError: gone)"])
+    text = layout.render(**context)
+    assert text.startswith("# SenseCF experiment report — exp1\n\nWhat ran.\n\n## Classifier\n\nBlack box: ")
+    assert text.endswith("## Timing\n\n**Could not be rendered**: OSError: gone\n\n## Notes\n\n- A limit.\n"
+                         "- Parts that could not be rendered: Timing (OSError: gone)\n")
+    assert list(sections(text)) == ["Classifier", "Timing", "Notes"]
+
+    with pytest.raises(UndefinedError, match="name"):
+        layout.render(**{k: v for k, v in context.items() if k != "name"})
+    with pytest.raises(UndefinedError, match="table"):
+        render("classifier", model="m", seed=0, n_train="1", n_test="1", balance=[])
