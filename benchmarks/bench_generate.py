@@ -1,7 +1,8 @@
 """Speed and quality of constrained generation with SmolLM2, side by side -> JSON.
 
     python -m benchmarks.bench_generate --run runs/demo [--n 32] [--n-batch1 8] [--batch-size 16]
-        [--configs xgrammar_jf_b16,...] [--threads N] [--out runs/bench/generate.json]
+        [--configs xgrammar_jf_b16,...,llamacpp_free,llamacpp_schema] [--threads N]
+        [--llamacpp-concurrency 4] [--out runs/bench/generate.json]
 
 One run, the same factuals for every configuration (RUN/cfs/factuals_test.json when eval.baselines
 wrote it): SmolLM2-135M-Instruct, zero-shot Fig. 4 prompt, greedy, on this machine's CPU. Per
@@ -11,6 +12,16 @@ where the time goes (forward / grammar mask / grammar advance), parse rate, immu
 validity, plausibility and coherence; how often greedy answers with and without jump-forward
 are identical; and the grammar's mask time per token with the real Llama-3.1 and Mistral-v1
 tokenizers (128k and 32k tokens) next to a measured decode step.
+
+The same factuals also go through a real OpenAI-compatible server: llama.cpp's
+(`python -m llama_cpp.server`, llama-cpp-python[server]) serving the same SmolLM2 GGUF (Q4_1, the
+file the hf engine dequantises) on loopback, through the openai backend: `llamacpp_free` (the
+paper protocol: free text, lenient parser) and `llamacpp_schema` (constraint json_object_schema:
+the JSON schema compiled to a llama.cpp grammar). Seconds per CF there are wall clock over all
+requests with `--llamacpp-concurrency` in flight; llama-cpp-python's server answers one request
+at a time, so that is also the time per request. Requests send repeat_penalty 1.0 (the server's
+default is 1.1 over the last 64 tokens; the hf engine applies none), so both decode greedily alike;
+the answers still differ where the Q4_1 weights computed as such and dequantised to float32 do.
 
 Records go to a scratch run (default RUN/bench/generate/, refilled each time) holding copies of
 RUN's cohort and classifier, so RUN/cfs/ is never touched. The CPU may be shared: the JSON
@@ -37,10 +48,12 @@ from benchmarks.bench_baselines import scratch_copy as baselines_scratch_copy
 from eval.baselines import native_values
 from eval.generate import choose_factuals, make_records, row_seed
 from eval.metrics import cf_metrics, coherent, feature_frame
+from launch.llamacpp_server import LLAMACPP_MODEL, LlamaCppServer
 from prompts.render import apply_chat_template, build_messages
 from sensecf.generate.enforcers import allocate_bitmask, make_enforcer
 from sensecf.generate.grammar import BlockCursor, number_text, scaled
 from sensecf.generate.hf_backend import DecodeConfig, HFGenerator
+from sensecf.generate.openai_backend import OpenAIConfig, OpenAIGenerator
 from sensecf.generate.result import GenRequest
 from sensecf.models import load_embedded_model, load_tokenizer
 from sensecf.records import RecordWriter, read_records
@@ -57,6 +70,8 @@ CONFIGS = {
     "xgrammar_nojf_b1": (DecodeConfig(enforcer="xgrammar", jump_forward=False), 1, True),
     "lmfe_jf_b1": (DecodeConfig(enforcer="lmfe"), 1, True),
 }
+# name -> (openai-backend constraint, max_tokens) against llama.cpp's server
+LLAMACPP_CONFIGS = {"llamacpp_free": ("none", 160), "llamacpp_schema": ("json_object_schema", 256)}
 QUALITY = ["validity", "distance", "sparsity", "plausibility", "coherence"]
 
 
@@ -121,7 +136,50 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
         "status": dict(sorted(Counter(r.status for r in results).items())),
         "parse_rate": sum(r.cf is not None for r in results) / n,
         "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
+        "immutables_violated": sum(r.immutables_ok is False for r in records),
         "texts": {rec.window_id: rec.raw_text for rec in records},
+    }
+
+
+def run_llamacpp_config(name, constraint, max_tokens, jobs, spec, blackbox, scratch, server, concurrency) -> dict:
+    """The factuals through llama.cpp's server via the openai backend (greedy, zero-shot Fig. 4)."""
+    config = OpenAIConfig(model=LLAMACPP_MODEL, base_url=server.base_url, constraint=constraint, max_tokens=max_tokens,
+                          concurrency=concurrency, max_retries=1, repeat_penalty=1.0)  # fmt: skip
+    generator = OpenAIGenerator(spec, config, api_key="EMPTY")
+    requests = [GenRequest(factual, seed=seed, messages=build_messages(spec, factual, 1 - pred))
+                for _, factual, pred, seed in jobs]  # fmt: skip
+    generator.generate(requests[:1])  # warm-up: the server's first evaluation, grammar code paths
+    wall = time.perf_counter()
+    outcome = generator.generate(requests)
+    wall = time.perf_counter() - wall
+    if outcome.failures:
+        raise RuntimeError(f"{name}: {len(outcome.failures)} requests failed: {outcome.failures[0].error}")
+    results = [outcome.results[i] for i in range(len(requests))]
+    record_jobs = [(row, factual, 0, seed) for row, factual, _, seed in jobs]
+    extra = {"benchmark": name, "backend": "openai", "constraint": constraint, "base_url": server.base_url}
+    records = make_records(spec, blackbox, name, record_jobs, results, extra)
+    with RecordWriter(scratch.cf_file(name)) as writer:
+        writer.write_all(records)
+    n = len(results)
+    return {
+        "n": n,
+        "server": "llama.cpp (llama-cpp-python[server]), SmolLM2-135M-Instruct Q4_1 GGUF, the GGUF's chat template",
+        "constraint": constraint,
+        "max_tokens": max_tokens,
+        "repeat_penalty": config.repeat_penalty,
+        "concurrency": concurrency,
+        "server_parallel_requests": 1,  # llama-cpp-python's server serialises requests
+        "server_threads": server.threads,
+        "seconds_per_cf": wall / n,  # wall clock over all requests, `concurrency` in flight
+        "seconds_per_request_mean": _mean([r.seconds for r in results]),  # includes waiting in the server's queue
+        "prompt_tokens_per_cf": _mean([r.prompt_tokens for r in results]),
+        "completion_tokens_per_cf": _mean([r.completion_tokens for r in results]),
+        "finish_reasons": dict(sorted(Counter(str(r.extra.get("finish_reason")) for r in results).items())),
+        "status": dict(sorted(Counter(r.status for r in results).items())),
+        "parse_rate": sum(r.cf is not None for r in results) / n,
+        "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
+        "immutables_violated": sum(r.immutables_ok is False for r in records),
+        "schema_violations": sum("schema_violations" in r.extra for r in results),
     }
 
 
@@ -199,18 +257,20 @@ def main(
     n: int = typer.Option(32, help="factuals for the batched configurations"),
     n_batch1: int = typer.Option(8, help="factuals (the first of the same sample) for batch-1 configurations"),
     batch_size: int = typer.Option(16, help="batch size of the *_b16 configurations"),
-    configs: str = typer.Option(",".join(CONFIGS), help="comma-separated configurations to run"),
+    configs: str = typer.Option(",".join([*CONFIGS, *LLAMACPP_CONFIGS]), help="comma-separated configurations"),
     mask_factuals: int = typer.Option(20, help="blocks per tokenizer for the mask-time measurement"),
     threads: int = typer.Option(0, help="torch CPU threads (0 = torch's default); 1 avoids stalls on a busy CPU"),
+    llamacpp_threads: int = typer.Option(1, help="llama.cpp server threads (1: robust on a shared CPU)"),
+    llamacpp_concurrency: int = typer.Option(4, help="requests in flight to the llama.cpp server"),
     scratch_dir: Path | None = typer.Option(None, help="scratch run directory (default RUN/bench/generate)"),
     out: Path = typer.Option(Path("runs/bench/generate.json"), help="JSON output"),
 ) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     names = [c.strip() for c in configs.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CONFIGS]
+    unknown = [c for c in names if c not in CONFIGS and c not in LLAMACPP_CONFIGS]
     if unknown:
-        raise typer.BadParameter(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+        raise typer.BadParameter(f"unknown configurations {unknown}; choose from {[*CONFIGS, *LLAMACPP_CONFIGS]}")
     source = RunDir(run)
     scratch = RunDir(scratch_dir or run / "bench" / "generate")
     scratch_copy(source, scratch)
@@ -226,7 +286,23 @@ def main(
     df, _ = scratch.load_cohort()
     train = df[df[SPLIT_COL] == "train"]
     results: dict = {}
+    served = [name for name in names if name in LLAMACPP_CONFIGS]
+    if served:
+        log = scratch.root / "llamacpp_server.log"
+        typer.echo(f"== llama.cpp server (log {log})", err=True)
+        with LlamaCppServer(threads=llamacpp_threads, log=log) as server:
+            for name in served:
+                constraint, max_tokens = LLAMACPP_CONFIGS[name]
+                results[name] = run_llamacpp_config(
+                    name, constraint, max_tokens, jobs, spec, blackbox, scratch, server, llamacpp_concurrency
+                )
+                results[name]["quality"] = quality(scratch, name, spec, train, blackbox)
+                r = results[name]
+                typer.echo(f"{name}: {r['seconds_per_cf']:.2f} s/CF, parse {r['parse_rate']:.2f}, "
+                           f"{r['immutables_violated']} immutable violations", err=True)  # fmt: skip
     for name in names:
+        if name in LLAMACPP_CONFIGS:
+            continue
         config, size, small = CONFIGS[name]
         size = 1 if size == 1 else batch_size
         typer.echo(f"== {name}", err=True)
@@ -263,7 +339,7 @@ def main(
             # a decode step masks every row of the batch once
             entry["share_of_a_b16_decode_step"] = entry["mask_us_per_token"]["mean"] * 1e-6 * batch_size / step
     for r in results.values():
-        r.pop("texts")
+        r.pop("texts", None)
     report = {
         "benchmark": "generate",
         "run": str(source.root),

@@ -6,12 +6,14 @@
         [--factuals FILE] [--seed 0]
     python -m eval.generate --run RUN --backend openai --method gpt4o_fs --fewshot 5
         [--api-model gpt-4o-2024-08-06] [--base-url URL] [--api-key-env OPENAI_API_KEY]
-        [--constraint json_schema|regex] [--concurrency 8] [--allow-external-api]
+        [--constraint json_schema|json_object_schema|regex] [--served-template DIR] [--max-tokens 512]
+        [--repeat-penalty 1.0] [--concurrency 8] [--allow-external-api]
 
 Protocols (sensecf.protocols): `--protocol paper` decodes freely and parses the <new> block
 leniently (an unparsable answer is invalid), the paper's method, in row <method>;
 `--protocol sensecf` (default) decodes the same prompt under the grammar (hf), a JSON schema or
-a regex (openai), in row <method>+grammar.
+a regex (openai: json_schema for OpenAI, json_object_schema for llama.cpp's server, regex for
+vLLM), in row <method>+grammar.
 
 Factuals: --factuals FILE, else RUN/cfs/factuals_<split>.json (eval.baselines' sample, so LLMs
 and baselines explain the same windows), else a fresh sample drawn the same way (n split
@@ -55,6 +57,7 @@ from sensecf.cli import run_cli
 from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
+from sensecf.wandb_log import log_metrics, stage_run
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TEMPLATES = REPO / "prompts" / "templates"
@@ -219,6 +222,10 @@ def record_parts(run: RunDir, backend: str, ids_file: Path, seed: int, fewshot: 
         }
     else:
         options = {k: api.get(k) for k in OPENAI_ANSWER_OPTIONS}
+        if api.get("system_role") is False:  # the system turn folded: other text (absent when sent as is)
+            options["system_role"] = False
+        if api.get("repeat_penalty") is not None:  # absent when not sent (the server's own default)
+            options["repeat_penalty"] = api["repeat_penalty"]
         config = {"backend": "openai", "seed": seed, "fewshot": fewshot, **options}
         models = {}
     return fingerprint.cf_parts(
@@ -348,6 +355,18 @@ def _messages(spec, job, examples):
     return build_messages(spec, factual, desired, examples=examples[desired])
 
 
+def stage_inputs(run: RunDir, adapter: Path | None, fewshot: int) -> list[Path]:
+    """What a generate stage reads from the run directory, for W&B lineage."""
+    return [run.model, *([adapter] if adapter else []), *([run.sft / "fewshot.jsonl"] if fewshot else [])]
+
+
+def stage_outputs(run: RunDir, method: str, protocol: str, split: str) -> list[Path]:
+    try:
+        return [records_dir(run, split) / f"{protocols.row_name(method, protocol, 'llm')}.jsonl"]
+    except ValueError:  # an unknown protocol: generate() says so
+        return []
+
+
 def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, writer, bar) -> list:
     from sensecf.generate.hf_backend import DecodeConfig, HFGenerator, load_model
     from sensecf.generate.result import GenRequest
@@ -437,7 +456,18 @@ def main(
     ),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key"),
     constraint: str = typer.Option(
-        "json_schema", help="openai, sensecf protocol: json_schema (GPT-4o) or regex (vLLM)"
+        "json_schema", help="openai, sensecf protocol: json_schema (GPT-4o), json_object_schema (llama.cpp server: "
+                            "response_format json_object + schema) or regex (vLLM)"
+    ),
+    served_template: Path | None = typer.Option(
+        None, help="openai: the adapter folder or chat-template file the server renders with (vllm_serve.sh's); "
+                   "a template without a system role gets the system turn folded into the first user turn, as the "
+                   "hf backend folds it (default: sent as a system turn)"
+    ),
+    max_tokens: int = typer.Option(512, help="openai: answer token budget"),
+    repeat_penalty: float | None = typer.Option(
+        None, help="openai, llama.cpp server only: its repeat_penalty (default 1.1 there); 1.0 decodes greedily as "
+                   "the hf backend does. Not sent when unset (OpenAI rejects it)"
     ),
     concurrency: int = typer.Option(8, help="openai: requests in flight"),
     max_retries: int = typer.Option(5, help="openai: SDK retries for 429/5xx/timeouts"),
@@ -459,8 +489,14 @@ def main(
         temperature=temperature,
         max_new_tokens=max_new_tokens,
     )
+    from prompts.render import served_template_has_system_role
     from sensecf.generate.openai_backend import EndpointError, OpenAIConfig
 
+    try:
+        system_role = served_template_has_system_role(served_template) if served_template else True
+    except FileNotFoundError as e:
+        typer.secho(f"error: --served-template: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     api = asdict(
         OpenAIConfig(
             model=api_model,
@@ -471,46 +507,54 @@ def main(
             max_retries=max_retries,
             timeout=timeout,
             temperature=temperature,
+            max_tokens=max_tokens,
+            system_role=system_role,
+            repeat_penalty=repeat_penalty,
         )
     )
-    try:
-        summary = generate(
-            RunDir(run),
-            method,
-            backend,
-            split=split,
-            n=n,
-            seed=seed,
-            factuals=factuals,
-            candidates=candidates,
-            desired_class=desired_class,
-            fewshot=fewshot,
-            batch_size=batch_size,
-            protocol=protocol,
-            hf_options=hf,
-            openai_options=api,
-            allow_external_api=allow_external_api,
-            overwrite=overwrite,
-            progress=not quiet,
+    run_dir = RunDir(run)
+    # W&B (WANDB_MODE decides; offline by default): counts, seconds per CF, the CF file's lineage
+    with stage_run(run_dir, "generate", inputs=stage_inputs(run_dir, adapter, fewshot),
+                   outputs=stage_outputs(run_dir, method, protocol, split)) as wb:
+        try:
+            summary = generate(
+                run_dir,
+                method,
+                backend,
+                split=split,
+                n=n,
+                seed=seed,
+                factuals=factuals,
+                candidates=candidates,
+                desired_class=desired_class,
+                fewshot=fewshot,
+                batch_size=batch_size,
+                protocol=protocol,
+                hf_options=hf,
+                openai_options=api,
+                allow_external_api=allow_external_api,
+                overwrite=overwrite,
+                progress=not quiet,
+            )
+        except EndpointError as e:  # the endpoint refused the key, the model or the account's quota
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        log_metrics(wb, {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
+        typer.echo(
+            f"{summary['method']} ({summary['protocol']} protocol): {summary['records']} records ({status}); "
+            f"{summary['written']} new, {summary['already_done']} "
+            f"already done; {summary['immutables_violated']} immutable violations; "
+            f"{summary['seconds_per_cf'] or 0:.2f} s per CF -> {summary['file']}"
         )
-    except EndpointError as e:  # the endpoint refused the key, the model or the account's quota
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
-
-    status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
-    typer.echo(
-        f"{summary['method']} ({summary['protocol']} protocol): {summary['records']} records ({status}); "
-        f"{summary['written']} new, {summary['already_done']} "
-        f"already done; {summary['immutables_violated']} immutable violations; "
-        f"{summary['seconds_per_cf'] or 0:.2f} s per CF -> {summary['file']}"
-    )
-    if summary.get("moved_aside"):
-        typer.echo(f"the records made with other settings were moved to {summary['moved_aside']}")
-    if summary["failed"]:
-        typer.secho(f"{len(summary['failed'])} requests failed after retries (not written; re-run to retry):", err=True)
-        for f in summary["failed"][:10]:
-            typer.echo(f"  {f['window_id']} candidate {f['candidate']}: {f['error']}", err=True)
-        raise typer.Exit(1)
+        if summary.get("moved_aside"):
+            typer.echo(f"the records made with other settings were moved to {summary['moved_aside']}")
+        if summary["failed"]:
+            typer.secho(f"{len(summary['failed'])} requests failed after retries (not written; re-run to retry):",
+                        err=True)
+            for f in summary["failed"][:10]:
+                typer.echo(f"  {f['window_id']} candidate {f['candidate']}: {f['error']}", err=True)
+            raise typer.Exit(1)
 
 
 if __name__ == "__main__":

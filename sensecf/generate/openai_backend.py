@@ -1,9 +1,14 @@
 """CF generation against any OpenAI-compatible endpoint (the official `openai` SDK, async).
 
-Two targets, chosen by `constraint`:
+Targets, chosen by `constraint`:
 - "json_schema": OpenAI (GPT-4o, zero- or few-shot) with strict structured outputs
   (grammar.json_schema: immutables as one-value enums, numbers as patterned strings, each
   group's computed member left out); the JSON is rendered back into the <new> block.
+- "json_object_schema": the same schema in the shape llama.cpp's server takes,
+  `response_format={"type": "json_object", "schema": ...}` (llama-cpp-python 0.3 refuses
+  `"type": "json_schema"`; it compiles the schema to a grammar), each pattern's `\\.` written as
+  the equivalent `[.]` (`llamacpp_schema`); answers are read, checked and rendered back exactly as
+  in "json_schema".
 - "regex": a `vllm serve` endpoint (LoRA adapter as the model name) with our whole-block regex
   in vLLM's structured-outputs extension, `extra_body={"structured_outputs": {"regex": ...}}`
   (the request-level `guided_*` fields were removed in vLLM 0.12; constrained-decoding notes B1).
@@ -27,7 +32,9 @@ Many requests are in flight (`concurrency`); the SDK retries 429/5xx/timeouts it
 A leading system turn is sent as is, or folded into the first user turn when `system_role` is
 False (the served template has none), as the hf backend folds it (prompts.render.template_messages).
 Requests carry `store=False` (the provider must not keep the prompts) and a `seed` only when
-`send_seed` is set.
+`send_seed` is set; `repeat_penalty` (llama.cpp's sampling field, in the body's extra fields) only
+when set: llama.cpp's server applies 1.1 by default, so 1.0 makes its greedy decoding the hf
+backend's (which applies none); OpenAI rejects the field.
 """
 
 from __future__ import annotations
@@ -52,8 +59,9 @@ from sensecf.generate.result import GenRequest, GenResult
 from sensecf.privacy import endpoint_host
 from sensecf.spec import DatasetSpec
 
-Constraint = Literal["json_schema", "regex", "none"]
-CONSTRAINTS = ("json_schema", "regex", "none")
+Constraint = Literal["json_schema", "json_object_schema", "regex", "none"]
+CONSTRAINTS = ("json_schema", "json_object_schema", "regex", "none")
+JSON_CONSTRAINTS = ("json_schema", "json_object_schema")  # the answer is a JSON object of grammar.json_schema
 
 
 class EndpointError(RuntimeError):
@@ -87,6 +95,7 @@ class OpenAIConfig:
     # hf backend folds it (prompts.render.template_messages); prompts.render.
     # served_template_has_system_role(ADAPTER_DIR) answers it for the template vllm_serve.sh serves.
     system_role: bool = True
+    repeat_penalty: float | None = None  # llama.cpp server only (its default 1.1); None: not sent
 
 
 def _error_body(body) -> dict:
@@ -132,7 +141,22 @@ class BatchOutcome:
     failures: list[Failure] = field(default_factory=list)
 
 
-def response_format(spec: DatasetSpec, factual) -> dict:
+def llamacpp_schema(schema: dict) -> dict:
+    """grammar.json_schema with each pattern's escaped dot `\\.` written as the class `[.]`, which
+    matches the same strings: llama-cpp-python 0.3.36's schema-to-GBNF converter copies `\\.` into
+    a GBNF literal, where it is an unknown escape, and the server process dies on the grammar
+    (tests/test_llamacpp_server.py). The numbers' patterns have no other escape."""
+    props = {
+        name: {**rule, "pattern": rule["pattern"].replace("\\.", "[.]")} if "pattern" in rule else rule
+        for name, rule in schema["properties"].items()
+    }
+    return {**schema, "properties": props}
+
+
+def response_format(spec: DatasetSpec, factual, constraint: Constraint = "json_schema") -> dict:
+    """The request's response_format: OpenAI's strict json_schema, or llama.cpp's json_object + schema."""
+    if constraint == "json_object_schema":
+        return {"type": "json_object", "schema": llamacpp_schema(json_schema(spec, factual))}
     return {
         "type": "json_schema",
         "json_schema": {"name": "counterfactual", "strict": True, "schema": json_schema(spec, factual)},
@@ -190,17 +214,20 @@ class OpenAIGenerator:
         )
         if cfg.send_seed:
             kwargs["seed"] = req.seed
-        if cfg.constraint == "json_schema":
-            kwargs["response_format"] = response_format(self.spec, req.factual)
+        if cfg.constraint in JSON_CONSTRAINTS:
+            kwargs["response_format"] = response_format(self.spec, req.factual, cfg.constraint)
         elif cfg.constraint == "regex":
             kwargs["extra_body"] = {"structured_outputs": {"regex": block_regex(self.spec, req.factual)}}
+        if cfg.repeat_penalty is not None:
+            kwargs["extra_body"] = {**kwargs.get("extra_body", {}), "repeat_penalty": cfg.repeat_penalty}
         return kwargs
 
     def _result(self, req: GenRequest, text: str, usage, seconds: float) -> GenResult:
         extra: dict = {}
         parsed = parse_block(self.spec, text, req.factual)
         cf, status = parsed.cf, parsed.status
-        if self.config.constraint == "json_schema" and cf is not None:
+        json_answer = self.config.constraint in JSON_CONSTRAINTS
+        if json_answer and cf is not None:
             try:
                 violations = schema_violations(self.spec, req.factual, json.loads(text))
             except ValueError:
@@ -216,10 +243,10 @@ class OpenAIGenerator:
             if incoherent:
                 status = "incoherent"
                 extra["incoherent_groups"] = incoherent
-            if self.config.constraint == "json_schema":
+            if json_answer:
                 extra["json"] = text
                 text = render_block(self.spec, cf)  # the block the JSON stands for
-        if parsed.filled and self.config.constraint != "json_schema":
+        if parsed.filled and not json_answer:
             extra["filled_from_factual"] = parsed.filled
         if parsed.note:
             extra["parse_note"] = parsed.note
@@ -296,9 +323,9 @@ class OpenAIGenerator:
                 raise
             if e.status_code in _ROW_REJECTED:
                 return index, self._rejected(e), None
-            return index, None, f"{type(e).__name__}: {_provider_message(e)}"  # 429/5xx after retries
+            return index, None, f"{type(e).__name__} from {self.where}: {_provider_message(e)}"  # 429/5xx, retried
         except (openai.APIConnectionError, _BadReply) as e:  # incl. timeouts
-            return index, None, f"{type(e).__name__}: {e}"
+            return index, None, f"{type(e).__name__} from {self.where}: {e}"
 
     def _stop(self, e: openai.APIStatusError) -> EndpointError:
         cfg, where = self.config, self.where
