@@ -6,6 +6,7 @@ RUN     ?= runs/demo
 # The CPU torch wheel lies on this machine's disk; elsewhere uv takes torch from PyPI.
 WHEELS  := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP    = $(VENV)/.installed
+TORCH   := $(shell grep -m1 '^torch==' requirements.txt | cut -d' ' -f1)
 
 .PHONY: setup demo test test-fast bench lint lock clean
 
@@ -23,17 +24,18 @@ setup: $(STAMP)
 $(STAMP): requirements.lock requirements-nodeps.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) torch==2.13.0
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) $(TORCH)
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes \
 		-r requirements-nodeps.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $@
 
-# Re-resolve the locks after editing requirements.txt / requirements-nodeps.txt (needs PyPI).
+# Re-resolve the locks after editing requirements.txt / requirements-nodeps.txt (needs PyPI). With the
+# CPU wheel on disk torch resolves to it, so its CUDA dependencies stay out of the lock.
 UV_LOCK = $(BIN)/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
 	--custom-compile-command "make lock" -q
-lock:
+lock: $(STAMP)
 	$(UV_LOCK) --no-emit-package torch $(WHEELS) requirements.txt -o requirements.lock
 	$(UV_LOCK) --no-deps requirements-nodeps.txt -o requirements-nodeps.lock
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 import typer
+import yaml
 
 from augment.claims import claims
 from sensecf.atomic import run_lock, write_text
@@ -370,12 +371,26 @@ def trainer_state(folder: Path) -> dict | None:
     return read_json(max(found, key=lambda p: int(p.parent.name.split("-")[-1])))
 
 
+def precision(folder: Path) -> str:
+    """The training precision of the resolved recipe (launch.train writes recipe.yml; bf16 "auto" on
+    a CPU is resolved there)."""
+    recipe = folder / "recipe.yml"
+    if not recipe.is_file():
+        return "–"
+    cfg = yaml.safe_load(recipe.read_text()) or {}
+    return "bf16" if cfg.get("bf16") is True else "fp16" if cfg.get("fp16") is True else (
+        "auto" if cfg.get("bf16") == "auto" else "fp32")
+
+
 def training_row(recipe: str, folder: Path) -> dict:
+    """One fine-tune: steps, losses, throughput over all tokens (padding included) and over trained
+    (answer) tokens, both per second of the training loop."""
     state = trainer_state(folder)
     adapter = "yes" if (folder / "adapter_model.safetensors").is_file() else "no"
     if state is None:
-        return {"recipe": recipe, "adapter": adapter, "steps": "–", "loss start": "–", "loss end": "–",
-                "eval loss": "–", "tokens/s": "–", "runtime (s)": "–", "note": "no trainer_state.json"}
+        return {"recipe": recipe, "adapter": adapter, "precision": precision(folder), "steps": "–",
+                "loss start": "–", "loss end": "–", "eval loss": "–", "tokens/s (all)": "–",
+                "tokens/s (trained)": "–", "runtime (s)": "–", "note": "no trainer_state.json"}
     history = state.get("log_history", [])
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
@@ -386,12 +401,15 @@ def training_row(recipe: str, folder: Path) -> dict:
     launched = read_json(folder / "train_summary.json") or {}
     runtime = runtime or launched.get("train_runtime_seconds")
     trainable = trainable or launched.get("tokens", {}).get("trainable")
+    total = launched.get("tokens", {}).get("total")
     # Whole-run rate when the trainer logged its runtime and trainable tokens; else the mean logged rate.
-    rate = trainable / runtime if runtime and trainable else (sum(rates) / len(rates) if rates else None)
-    return {"recipe": recipe, "adapter": adapter, "steps": fmt(state.get("global_step")),
-            "loss start": fmt(losses[0] if losses else None), "loss end": fmt(losses[-1] if losses else None),
-            "eval loss": fmt(evals[-1] if evals else None), "tokens/s": fmt(rate, 1),
-            "runtime (s)": fmt(runtime, 1), "note": ""}
+    trained_rate = trainable / runtime if runtime and trainable else (sum(rates) / len(rates) if rates else None)
+    return {"recipe": recipe, "adapter": adapter, "precision": precision(folder),
+            "steps": fmt(state.get("global_step")), "loss start": fmt(losses[0] if losses else None),
+            "loss end": fmt(losses[-1] if losses else None),
+            "eval loss": fmt(evals[-1] if evals else None),
+            "tokens/s (all)": fmt(total / runtime if runtime and total else None, 1),
+            "tokens/s (trained)": fmt(trained_rate, 1), "runtime (s)": fmt(runtime, 1), "note": ""}
 
 
 def _sft_pairs(s: dict) -> dict:
@@ -628,7 +646,8 @@ def log_to_wandb(run: RunDir, row_level: bool = False) -> str | None:
 
     metrics, tables, images = wandb_aggregates(run, row_level)
     with stage_run(run, "report", {"run": run.root.resolve().name, "row_level": row_level},
-                   inputs=[run.eval / "table3.md", run.augment / "table4.md"], outputs=[run.report]) as wb:
+                   inputs=[run.eval / "table3.md", run.augment / "table4.md"], outputs=[run.report],
+                   log_rows=row_level) as wb:
         if metrics:
             log_metrics(wb, metrics)
         for name, df in tables.items():

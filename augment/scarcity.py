@@ -445,7 +445,7 @@ def cf_dir_of(run: RunDir) -> Path:
     return records_dir(run, "train")
 
 
-def load_sources(cf_dir: Path, sources: str) -> dict[str, list[CFRecord]]:
+def source_files(cf_dir: Path, sources: str) -> list[Path]:
     """CF_DIR/<name>.jsonl for each named source, or every such file for 'all'."""
     if sources.strip() == "all":
         paths = sorted(cf_dir.glob("*.jsonl"))
@@ -459,7 +459,11 @@ def load_sources(cf_dir: Path, sources: str) -> dict[str, list[CFRecord]]:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"no CF file for sources: {missing}")
-    return {p.stem: read_records(p) for p in paths}
+    return paths
+
+
+def load_sources(cf_dir: Path, sources: str) -> dict[str, list[CFRecord]]:
+    return {p.stem: read_records(p) for p in source_files(cf_dir, sources)}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -574,9 +578,7 @@ def main(
 ) -> None:
     """Retrain the NN under label scarcity with CF augmentation; write Table IV, Fig. 7, Fig. 1."""
     run_dir = RunDir(run)
-    cf_files = sorted((cf_dir or run_dir.cfs / "train").glob("*.jsonl"))
-    if sources != "all":
-        cf_files = [p for p in cf_files if p.stem in {s.strip() for s in sources.split(",")}]
+    cf_files = source_files(cf_dir_of(run_dir) if cf_dir is None else cf_dir, sources)
     with stage_run(run_dir, "table4", inputs=[run_dir.features, *cf_files], outputs=[run_dir.augment / "table4.md"]):
         summary = run_scarcity(
             run_dir, sources, _floats(ratios, "--ratios"), seeds, [s.strip() for s in scenarios.split(",")],

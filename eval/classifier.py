@@ -22,7 +22,7 @@ from sensecf.blackbox import BlackBox, build_pipeline
 from sensecf.cli import run_cli
 from sensecf.rundir import SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
-from sensecf.wandb_log import log_metrics, stage_run
+from sensecf.wandb_log import log_numbers, stage_run
 
 
 def labels_of(df: pd.DataFrame, spec: DatasetSpec, what: str = "frame") -> np.ndarray:
@@ -143,8 +143,7 @@ def main(
     run_dir = RunDir(run)
     with stage_run(run_dir, "classifier", inputs=[run_dir.features], outputs=[run_dir.model]) as wb:
         m = train_and_evaluate(run_dir, seed)
-        numbers = {k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        log_metrics(wb, {f"test/{k}": v for k, v in numbers.items()})
+        log_numbers(wb, m, prefix="test/")
     typer.echo(
         f"test: ACC {m['ACC']:.3f}  PRE {m['PRE']:.3f}  REC {m['REC']:.3f}  F1 {m['F1']:.3f}  AUC {m['AUC']:.3f}"
         f"  (n_train {m['n_train']}, n_test {m['n_test']})"

@@ -57,7 +57,7 @@ from sensecf.cli import run_cli
 from sensecf.records import CFRecord, RecordWriter, read_records
 from sensecf.rundir import GROUP_COL, ID_COL, SPLIT_COL, RunDir, write_provenance
 from sensecf.spec import DatasetSpec
-from sensecf.wandb_log import log_metrics, stage_run
+from sensecf.wandb_log import log_numbers, stage_run
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TEMPLATES = REPO / "prompts" / "templates"
@@ -539,7 +539,7 @@ def main(
         except EndpointError as e:  # the endpoint refused the key, the model or the account's quota
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
-        log_metrics(wb, {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        log_numbers(wb, summary)
         status = ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))
         typer.echo(
             f"{summary['method']} ({summary['protocol']} protocol): {summary['records']} records ({status}); "

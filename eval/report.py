@@ -63,9 +63,8 @@ DECIMALS = 3  # shown, and the precision at which ties for "best" are judged
 
 
 # --- loading ------------------------------------------------------------------------------
-def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[CFRecord], dict[str, int]]:
-    """Records of RUN/cfs/<method>.jsonl for the given methods (all files when None), and the
-    number of records read per file."""
+def cf_files(run: RunDir, methods: list[str] | None = None) -> dict[str, Path]:
+    """RUN/cfs/<method>.jsonl for the given methods (all files when None)."""
     available = {p.stem: p for p in sorted(run.cfs.glob("*.jsonl"))}
     if not available:
         raise FileNotFoundError(f"{run.cfs}: no CF files (*.jsonl); generate CFs first "
@@ -74,13 +73,19 @@ def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[C
     missing = [m for m in wanted if m not in available]
     if missing:
         raise FileNotFoundError(f"{run.cfs}: no CF file for {missing}; available: {sorted(available)}")
+    return {m: available[m] for m in wanted}
+
+
+def load_cf_files(run: RunDir, methods: list[str] | None = None) -> tuple[list[CFRecord], dict[str, int]]:
+    """Records of RUN/cfs/<method>.jsonl for the given methods (all files when None), and the
+    number of records read per file."""
     records, counts = [], {}
-    for m in wanted:
-        recs = read_records(available[m])
+    for m, path in cf_files(run, methods).items():
+        recs = read_records(path)
         counts[m] = len(recs)
         records += recs
     if not records:
-        raise ValueError(f"{run.cfs}: no CF records in {[available[m].name for m in wanted]}")
+        raise ValueError(f"{run.cfs}: no CF records in {[p.name for p in cf_files(run, methods).values()]}")
     return records, counts
 
 
@@ -305,8 +310,9 @@ def main(
     """Write Table III (csv/md/tex), Fig. 6, Fig. 8 and the intervention example into RUN/eval/."""
     wanted = [m.strip() for item in methods or [] for m in item.split(",") if m.strip()] or None
     run_dir = RunDir(run)
-    cf_files = [run_dir.cf_file(m) for m in wanted] if wanted else sorted(run_dir.cfs.glob("*.jsonl"))
-    with stage_run(run_dir, "table3", inputs=[run_dir.model, *cf_files], outputs=[run_dir.eval / "table3.md"]):
+    read = cf_files(run_dir, wanted).values() if run_dir.cfs.is_dir() else []  # else build_report says why
+    with stage_run(run_dir, "table3", inputs=[run_dir.features, run_dir.model, *read],
+                   outputs=[run_dir.eval / "table3.md"]):
         paths = build_report(run_dir, wanted, ynn_k=ynn_k, intervention_method=intervention_method)
     typer.echo(paths["table3.md"].read_text())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -31,7 +31,6 @@ import os
 import platform
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -272,10 +271,10 @@ def generate_figures(cfs: Path, command_seconds: float | None) -> dict:
     n = len(records)
     if not n:
         return {"records": figure(0, "CFs", f"no records in {cfs}")}
-    ok = sum(r.parse_status == "ok" for r in records)
+    parsed = sum(r.cf is not None for r in records)  # eval.metrics' parse_rate: a CF came out
     figs = {
         "records": figure(n, "CFs"),
-        "parse_rate": figure(round(ok / n, 4), "fraction", "records with parse_status ok / records"),
+        "parse_rate": figure(round(parsed / n, 4), "fraction", "records with a parsed CF / records"),
         "validity": figure(round(sum(r.valid for r in records) / n, 4), "fraction",
                            "records whose CF the classifier predicts as the desired class / records"),
         "immutables_violated": figure(sum(r.immutables_ok is False for r in records), "CFs"),
@@ -528,9 +527,27 @@ def imports_cmd(modules: list[str] = typer.Argument(..., help="modules to import
 @app.command("free-port")
 def free_port_cmd() -> None:
     """Print a free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        typer.echo(s.getsockname()[1])
+    from launch.llamacpp_server import free_port
+
+    typer.echo(free_port())
+
+
+def constraints(requirements: Path = REPO / "requirements.txt") -> list[str]:
+    """requirements.txt's pins as pip constraints: pip refuses extras in a constraints file
+    ("Constraints cannot have extras"), so `pkg[extra]==v` becomes `pkg==v`."""
+    out = []
+    for line in Path(requirements).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            out.append(re.sub(r"\[[^\]]*\]", "", line))
+    return out
+
+
+@app.command("constraints")
+def constraints_cmd(out: Path = typer.Argument(..., help="file to write")) -> None:
+    """Write requirements.txt's pins, extras removed, as a pip constraints file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(constraints()) + "\n")
 
 
 @app.command("api-key")

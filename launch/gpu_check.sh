@@ -99,10 +99,10 @@ step_install_torch_cuda() {
   else
     [[ $GC_DRY_RUN != 1 ]] || echo "# only when torch is not a CUDA build yet:"
     if [[ $GC_INSTALLER == uv ]]; then
-      x "$GC_UV" pip install --python "$GC_PY" --reinstall-package torch "torch==$GC_TORCH_VERSION" -c requirements.txt
+      x "$GC_UV" pip install --python "$GC_PY" --reinstall-package torch "torch==$GC_TORCH_VERSION" -c "$GC_CONSTRAINTS"
     else  # torch 2.13.0+cpu satisfies ==2.13.0: remove it first, or pip keeps it
       x "$GC_PY" -m pip uninstall -y torch
-      x "$GC_PY" -m pip install "torch==$GC_TORCH_VERSION" -c requirements.txt
+      x "$GC_PY" -m pip install "torch==$GC_TORCH_VERSION" -c "$GC_CONSTRAINTS"
     fi
   fi
   x "$GC_PY" -m launch.gpu_check cuda
@@ -113,9 +113,10 @@ step_install_gpu_extra() {
   mapfile -t reqs < <("$GC_PY" -m launch.gpu_check extra gpu || true)
   ((${#reqs[@]})) || { echo "error: no requirements in the gpu extra of pyproject.toml" >&2; return 1; }
   # flash-attn and deepspeed import torch to build: build them here (--no-build-isolation), with
-  # their build tools present; -c keeps every other pin of requirements.txt.
-  pip_install "$GC_PY" -c requirements.txt packaging psutil ninja wheel setuptools
-  pip_install "$GC_PY" --no-build-isolation -c requirements.txt "${reqs[@]}"
+  # their build tools present; -c keeps every other pin of requirements.txt (extras removed: pip
+  # refuses them in a constraints file).
+  pip_install "$GC_PY" -c "$GC_CONSTRAINTS" packaging psutil ninja wheel setuptools
+  pip_install "$GC_PY" --no-build-isolation -c "$GC_CONSTRAINTS" "${reqs[@]}"
   x "$GC_PY" -m launch.gpu_check imports flash_attn deepspeed
 }
 
@@ -367,7 +368,7 @@ cd "$REPO"
 
 export GC_OUT=$out GC_RUN=$out/run GC_MODEL=$out/models/llama31-8b GC_DRY_RUN=$dry_run GC_SKIP_INSTALL=$skip_install
 export GC_ONLY=$only GC_ADAPTER=$GC_RUN/checkpoints/llama31 GC_BUDGET=$budget GC_MAX_STEPS=$max_steps GC_N=$n
-export GC_VLLM_VENV=$vllm_venv
+export GC_VLLM_VENV=$vllm_venv GC_CONSTRAINTS=$out/constraints.txt
 export GC_PY=${PYTHON:-$REPO/.venv/bin/python} GC_UV=${UV:-$REPO/.venv/bin/uv} GC_VLLM_ARGS=${VLLM_ARGS---enforce-eager}
 GC_INSTALLER=${INSTALLER:-}
 [[ -n $GC_INSTALLER ]] || if [[ -x $GC_UV ]]; then GC_INSTALLER=uv; else GC_INSTALLER=pip; fi
@@ -402,6 +403,7 @@ fi
 
 mkdir -p "$GC_OUT/logs" "$GC_OUT/steps"
 rm -f "$GC_OUT"/steps/*.json "$GC_OUT/gpu_check.json"
+"$GC_PY" -m launch.gpu_check constraints "$GC_CONSTRAINTS"  # the install steps' -c file
 trap on_signal INT TERM
 echo "gpu_check: out $GC_OUT, budget $GC_BUDGET s, installer $GC_INSTALLER"
 for name in "${STEPS[@]}"; do

@@ -5,11 +5,12 @@
 
 A stage's input or output path names the artifact that holds it (its folder, by the table below):
 `<group>-release` (synthetic only), `-cohort`, `-classifier`, `-sft`, `-adapter-<recipe>`,
-`-cfs-<split>-<row>`, `-table3`, `-table4`, `-report`. Aggregates and models are uploaded on sync;
-files with row-level health data (the cohort table, SFT pairs, CF records, Fig. 8's per-window
-panels) are uploaded only for a cohort marked synthetic (RunDir.is_synthetic) or when the user
-passes log_rows; otherwise the artifact holds a `file://` reference with the file's checksum: the
-lineage and the digest, never the content.
+`-cfs-<split>-<row>`, `-table3`, `-table4`, `-report`. Aggregates, configs and metrics are uploaded
+on sync; files that hold or could give back a participant's data (the cohort table and participant
+ids, SFT pairs, CF records, per-window figures and examples, and the weights trained on them) are
+uploaded only for a cohort marked synthetic (RunDir.is_synthetic) or when the user opts in
+(log_rows); otherwise the artifact holds `withheld_sha256.json`, their sha256 only: the lineage and
+the digest, never the content or a local path.
 
 Offline W&B cannot declare inputs (`use_artifact` needs the server), so every artifact's version
 carries the alias `sha256-<16 hex>` of its content, and a run records its inputs by name and alias
@@ -19,6 +20,7 @@ in its config (`sensecf_inputs`); `python -m sensecf.wandb_sync RUN` links them 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,25 +39,29 @@ class Kind:
 
 
 # folder (relative to the run directory) -> what it is. The checkpoints and cfs folders hold one
-# artifact per recipe / per CF file (see artifact_ref).
+# artifact per recipe / per CF file (see artifact_ref). `rows`: anything that holds or could give back
+# a participant's data: the cohort table, participant ids (split, quality's skipped ids), SFT pairs,
+# CF records, per-window figures and examples (Fig. 8, the intervention in Table II and the report),
+# and the weights trained on them (classifier, adapter), which can memorise rows.
 KINDS = {
     "release": Kind("dataset", ("synthetic_release.json",)),  # a real release never lives in a run directory
-    "cohort": Kind("dataset", ("spec.yaml", "quality.json", "split.json", "provenance.json"), ("features.parquet",)),
-    "classifier": Kind("model", ("model.skops", "model.types.json", "metrics.json", "provenance.json")),
+    "cohort": Kind("dataset", ("spec.yaml", "provenance.json"), ("features.parquet", "split.json", "quality.json")),
+    "classifier": Kind("model", ("model.types.json", "metrics.json", "provenance.json"), ("model.skops",)),
     "sft": Kind("dataset", ("summary.json", "provenance.json"), ("train.jsonl", "val.jsonl", "fewshot.jsonl")),
-    "adapter": Kind("model", ("adapter_model.safetensors", "adapter_config.json", "chat_template.jinja",
-                              "tokenizer.json", "tokenizer_config.json", "recipe.yml", "provenance.json",
-                              "train_summary.json", "sensecf_tiny.json")),
+    "adapter": Kind("model", ("adapter_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
+                              "recipe.yml", "provenance.json", "train_summary.json", "sensecf_tiny.json"),
+                    ("adapter_model.safetensors",)),
     "cfs": Kind("counterfactuals", ("{row}.jsonl.fingerprint.json",), ("{row}.jsonl",)),
     "table3": Kind("results", ("table3.md", "table3.csv", "table3.tex", "cf_metrics.csv", "fig6.png", "fig6.csv",
-                               "intervention.md", "provenance.json"), ("fig8.png",)),
+                               "provenance.json"), ("fig8.png", "intervention.md")),
     "table4": Kind("results", ("table4.md", "table4.csv", "table4.tex", "results.jsonl", "cf_pool.csv", "fig1.png",
                                "fig1_results.jsonl", "fig7.png", "provenance.json")),
-    "report": Kind("results", ("report.md",)),
+    "report": Kind("results", (), ("report.md",)),
 }
 FOLDER_KINDS = {"release": "release", "cohort": "cohort", "classifier": "classifier", "sft": "sft",
                 "eval": "table3", "augment": "table4"}
 ALIAS_PREFIX = "sha256-"
+WITHHELD = "withheld_sha256.json"  # what an artifact holds in place of the row-level files it leaves out
 _NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.-]")  # W&B artifact names: letters, digits, - _ .
 
 
@@ -93,15 +99,15 @@ class ArtifactRef:
         import wandb
 
         upload_rows = self.synthetic or log_rows
+        withheld = {} if upload_rows else {p.name: sha256_file(p) for p in self.present(self.rows)}
         artifact = wandb.Artifact(self.name, type=self.type, metadata={
-            "sensecf_sha256": self.digest(), "rows_uploaded": upload_rows, "synthetic_cohort": self.synthetic})
-        for path in self.present(self.files):
+            "sensecf_sha256": self.digest(), "rows_uploaded": upload_rows, "synthetic_cohort": self.synthetic,
+            "withheld_sha256": withheld})
+        for path in self.present(self.files + (self.rows if upload_rows else ())):
             artifact.add_file(str(path), name=path.name)
-        for path in self.present(self.rows):
-            if upload_rows:
-                artifact.add_file(str(path), name=path.name)
-            else:
-                artifact.add_reference(path.resolve().as_uri(), name=path.name, checksum=True)
+        if withheld:  # their hashes only (no path, no content), so the version changes when they do
+            with artifact.new_file(WITHHELD, mode="w") as f:
+                json.dump(withheld, f, indent=1, sort_keys=True)
         return artifact
 
 
@@ -135,6 +141,8 @@ def artifact_ref(run: RunDir, path: str | Path) -> ArtifactRef:
         return ArtifactRef(_name(group, "adapter", rel[1]), kind.type, root / "checkpoints" / rel[1],
                            kind.files, kind.rows, synthetic)
     if len(rel) >= 2 and rel[0] == "cfs" and rel[-1].endswith(".jsonl"):
+        if len(rel) > 3:
+            raise ValueError(f"{path}: CF files lie in cfs/ (test split) or cfs/<split>/, not deeper")
         split = rel[1] if len(rel) == 3 else "test"
         row = rel[-1].removesuffix(".jsonl")
         kind = KINDS["cfs"]

@@ -25,6 +25,7 @@ explicit flag): a row-level table, a list of per-row values or a per-window figu
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Number
@@ -78,22 +79,31 @@ def stage_job_type(stage: str) -> str:
     return os.environ.get(STAGE_ENV) or stage
 
 
+def _refs(run: RunDir, paths) -> tuple[list[ArtifactRef], list[str]]:
+    """The artifacts holding `paths` (those inside the run directory that exist), and the paths no
+    artifact kind covers (named in the config rather than lost)."""
+    refs, untracked = {}, []
+    for path in (p for p in paths if inside(run, p) and Path(p).exists()):
+        try:
+            ref = artifact_ref(run, path)
+            refs[ref.name] = ref
+        except ValueError:
+            untracked.append(str(path))
+    return list(refs.values()), untracked
+
+
 @contextmanager
 def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(), outputs=(),
-              log_rows: bool = False, group: str | None = None) -> Iterator:
+              log_rows: bool = False, group: str | None = None, mode: str | None = None) -> Iterator:
     """A W&B run for one stage: job_type = the stage, group = the run directory's name, its inputs
-    named in the config (and used, online) and its outputs logged as artifacts on success."""
+    named in the config (and used, online) and its outputs logged as artifacts on success. `mode`
+    overrides WANDB_MODE for this run (a stage's --wandb-mode). Logging the outputs never fails a
+    stage whose work is done: an error there is a warning."""
     _configure_environment()
     import wandb
 
     run.root.mkdir(parents=True, exist_ok=True)
-    used, untracked = [], []  # untracked: run-directory inputs no artifact kind covers, named in the config
-    for path in (p for p in inputs if inside(run, p) and Path(p).exists()):
-        try:
-            used.append(artifact_ref(run, path))
-        except ValueError:
-            untracked.append(str(path))
-    used = _unique(used)
+    used, untracked = _refs(run, inputs)
     config = strip_secrets(_cli_options() if config is None else config)
     job_type = stage_job_type(stage)
     wb = wandb.init(
@@ -104,6 +114,7 @@ def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(),
         name=f"{run.root.resolve().name}-{job_type}",
         config={**config, INPUTS_KEY: [ref.input_entry() for ref in used], "sensecf_untracked_inputs": untracked},
         reinit="create_new",
+        mode=mode or os.environ["WANDB_MODE"],  # read now: W&B's settings singleton keeps the first mode
         settings=wandb.Settings(console="off", save_code=False),
     )
     try:
@@ -111,17 +122,29 @@ def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(),
             for ref in used:
                 wb.use_artifact(ref.build(log_rows))
         yield wb
-        for ref in _unique(artifact_ref(run, p) for p in outputs):
-            if ref.present(ref.files + ref.rows):
-                wb.log_artifact(ref.build(log_rows), aliases=["latest", ref.alias()])
+        if not wb.disabled:
+            _log_outputs(wb, run, outputs, log_rows)
     except BaseException:
         wb.finish(exit_code=1)
         raise
     wb.finish()
 
 
-def _unique(refs) -> list[ArtifactRef]:
-    return list({ref.name: ref for ref in refs}.values())
+def _log_outputs(wb, run: RunDir, outputs, log_rows: bool) -> None:
+    made, untracked = _refs(run, outputs)
+    try:
+        for ref in made:
+            wb.log_artifact(ref.build(log_rows), aliases=["latest", ref.alias()])
+        if untracked:
+            wb.config.update({"sensecf_untracked_outputs": untracked})
+    except Exception as e:  # noqa: BLE001 - the stage's files are written; W&B's copy is a convenience
+        print(f"warning: W&B: the stage's artifacts were not logged: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def log_numbers(wb_run, values: dict, prefix: str = "") -> None:
+    """The numeric entries of a stage's summary (booleans, text and nested values left out)."""
+    log_metrics(wb_run, {f"{prefix}{k}": v for k, v in values.items()
+                         if isinstance(v, int | float) and not isinstance(v, bool)})
 
 
 def _is_row_level(df: pd.DataFrame) -> str | None:

@@ -73,13 +73,14 @@ def main(
         typer.echo(f"link {link.job_type} ({link.run_id}) <- {link.artifact}:{link.alias}")
     if dry_run:
         return
-    wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-    for r in runs:
-        subprocess.run([wandb_cli, "sync", str(r.folder)], check=True)
     import wandb
 
     api = wandb.Api()
-    declare_links(api, links, entity or api.default_entity)
+    entity = entity or api.default_entity
+    wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+    for r in runs:  # uploaded where the links look them up
+        subprocess.run([wandb_cli, "sync", "--entity", entity, "--project", r.project, str(r.folder)], check=True)
+    declare_links(api, links, entity)
     typer.echo(f"synced {len(runs)} runs, declared {len(links)} inputs")
 
 

@@ -197,8 +197,9 @@ def test_every_section_is_there_in_order_with_the_stage_results(full_run):
     assert "450, invalid for 30 (no_candidate: 30); dropped by --max-pairs 50" in tuning
     assert "train 360, val 40, few-shot pool 8" in tuning
     assert row("llama31", 400, 350, 371.5, "390.0", 401).search(tuning)
-    # the last checkpoint's state: loss 0.42 -> 0.18, 740 trainable tokens in 20 s = 37 tokens/s
-    assert row("smollm2-cpu", "yes", 6, "0.420", "0.180", "0.250", "37.0", "20.0").search(tuning)
+    # the last checkpoint's state: loss 0.42 -> 0.18, 740 trainable tokens in 20 s = 37 tokens/s (no
+    # launcher summary: all tokens unknown); no recipe.yml: precision unknown
+    assert row("smollm2-cpu", "yes", "–", 6, "0.420", "0.180", "0.250", "–", "37.0", "20.0").search(tuning)
 
     assert row("cohort", 12.3, "no").search(by["Timing"])
     assert row("classifier", "0.0", "yes").search(by["Timing"])
@@ -317,6 +318,9 @@ def test_cli_logs_aggregates_offline_and_never_publishes(full_run, monkeypatch):
     result = CliRunner().invoke(app, ["--run", str(full_run.root)])
     assert result.exit_code == 0, result.output
     assert "W&B (offline): aggregates logged" in result.output
+    import wandb
+
+    wandb.teardown()  # in this process W&B's core writes a finished run's files out only when torn down
     runs = list((full_run.root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = {p.name.split("_")[0] for p in runs[0].rglob("*") if p.suffix in (".png", ".json") and "media" in p.parts}
@@ -352,8 +356,12 @@ def test_training_runtime_from_the_launchers_summary_when_the_state_lacks_it(tmp
     (folder / "train_summary.json").write_text(
         json.dumps({"train_runtime_seconds": 147.2, "tokens": {"total": 20480, "trainable": 4897}})
     )
+    (folder / "recipe.yml").write_text("bf16: true\nfp16: false\n")
     got = training_row("smollm2-cpu", folder)
-    assert got["runtime (s)"] == "147.2" and got["tokens/s"] == "33.3"  # 4897 / 147.2
+    assert got["runtime (s)"] == "147.2" and got["tokens/s (trained)"] == "33.3"  # 4897 / 147.2
+    assert got["tokens/s (all)"] == "139.1" and got["precision"] == "bf16"  # 20480 / 147.2
+    (folder / "recipe.yml").write_text("bf16: false\nfp16: false\n")
+    assert training_row("smollm2-cpu", folder)["precision"] == "fp32"
 
 
 def test_table4_notes_judge_f1_against_its_intervals():

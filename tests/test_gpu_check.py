@@ -82,7 +82,7 @@ def test_dry_run_install_steps_follow_the_documented_recipe(tmp_path):
     extra = gpu_check.extra_requirements("gpu")
     assert {r.split("==")[0] for r in extra} == {"flash-attn", "deepspeed"}
     [install] = [w for w in steps["install_gpu_extra"] if "--no-build-isolation" in w]
-    assert set(extra) <= set(install) and option(install, "-c") == "requirements.txt"
+    assert set(extra) <= set(install) and option(install, "-c") == str(tmp_path / "constraints.txt")
     vllm_pin = "vllm==0.33.0"
     assert vllm_pin in (REPO / "requirements-gpu.txt").read_text()
     venv, install_vllm, version = steps["install_vllm"]
@@ -472,3 +472,10 @@ def test_the_train_command_passes_axolotls_schema(tmp_path):
     assert resolved["adapter"] == "qlora" and resolved["load_in_4bit"] is True and resolved["max_steps"] == 10
     assert resolved["bnb_config_kwargs"]["bnb_4bit_quant_type"] == "nf4"
     assert "accelerate launch --config_file launch/accelerate/single_gpu.yaml" in proc.stdout
+
+
+def test_constraints_are_the_pins_without_extras(tmp_path):
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("# a comment\ntorch==2.13.0\nllama-cpp-python[server]==0.3.36  # why\n\nruff==0.17.5\n")
+    assert gpu_check.constraints(reqs) == ["torch==2.13.0", "llama-cpp-python==0.3.36", "ruff==0.17.5"]
+    assert "llama-cpp-python==0.3.36" in gpu_check.constraints()  # the real file has an extra to strip

@@ -392,3 +392,29 @@ def test_training_env_keeps_the_console_and_telemetry_at_home(tmp_path, monkeypa
     assert training_env({"base_model": "/models/x"}, RunDir(tmp_path))["WANDB_MODE"] == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")  # the user's choice wins
     assert training_env({"base_model": "/models/x"}, RunDir(tmp_path))["WANDB_MODE"] == "online"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_on_a_cpu_follows_native_bf16_and_says_so(tmp_path, monkeypatch, native):
+    import launch.train as train
+
+    monkeypatch.setattr(train, "_cuda_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    run = _run_with_sft(tmp_path)
+    cfg, notes = resolve_recipe(load_recipe(RECIPES["smollm2-cpu"]), "smollm2-cpu", run, overrides={"bf16": "auto"})
+    assert cfg["bf16"] is native
+    assert notes[-1] == ("bf16: auto on CPU -> true (AVX512-BF16 present)" if native
+                         else "bf16: auto on CPU -> false (no native bf16: fp32)")
+    monkeypatch.setattr(train, "_cuda_available", lambda: True)  # a GPU: Axolotl resolves "auto" itself
+    cfg, notes = resolve_recipe(load_recipe(RECIPES["smollm2-cpu"]), "smollm2-cpu", run, overrides={"bf16": "auto"})
+    assert cfg["bf16"] == "auto" and not any(n.startswith("bf16") for n in notes)
+
+
+def test_native_bf16_probe_agrees_with_the_kernels_cpu_flags():
+    from launch.train import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_native_bf16() is bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sensecf.fingerprint import sha256_file
 from sensecf.rundir import RunDir, write_provenance
 from sensecf.wandb_artifacts import ALIAS_PREFIX, artifact_ref
 from sensecf.wandb_log import INPUTS_KEY, stage_run
@@ -91,17 +92,28 @@ def _mark_not_synthetic(run: RunDir) -> None:
 
 def test_rows_of_a_cohort_not_marked_synthetic_stay_on_the_machine(tiny_run, offline):
     _mark_not_synthetic(tiny_run)
-    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
+    (tiny_run.cohort / "quality.json").write_text('{"skipped_ids": ["AIREADI-1234"]}')
+    tiny_run.eval.mkdir()
+    (tiny_run.eval / "intervention.md").write_text("participant P0042: glucose 187.2")  # one real window
+    (tiny_run.eval / "table3.md").write_text("| method | validity |")
+    tiny_run.report.write_text("# report with the intervention: glucose 187.2")
+    outputs = [tiny_run.features, tiny_run.eval / "table3.md", tiny_run.report]
+    with stage_run(tiny_run, "cohort", {}, outputs=outputs):
         pass
-    [artifact] = runs_of(tiny_run)[0].artifacts
-    assert artifact.metadata["rows_uploaded"] is False
-    assert artifact.files["features.parquet"] == tiny_run.features.resolve().as_uri()  # a checksum reference
-    assert artifact.files["spec.yaml"] == "" and artifact.files["provenance.json"] == ""  # uploaded
-    # the table's bytes are nowhere in the W&B folder
-    parquet = tiny_run.features.read_bytes()[:4096]
+    by_name = {a.name: a for a in runs_of(tiny_run)[0].artifacts}
+    cohort, table3, report = by_name["run-cohort"], by_name["run-table3"], by_name["run-report"]
+    assert cohort.metadata["rows_uploaded"] is False
+    assert set(cohort.files) == {"spec.yaml", "provenance.json", "withheld_sha256.json"}  # no ids, no rows
+    assert set(cohort.metadata["withheld_sha256"]) == {"features.parquet", "split.json", "quality.json"}
+    assert cohort.metadata["withheld_sha256"]["features.parquet"] == sha256_file(tiny_run.features)
+    assert set(table3.files) == {"table3.md", "withheld_sha256.json"} and set(report.files) == {"withheld_sha256.json"}
+    # no byte of a row, an id or a local path anywhere in the W&B folder
+    secrets = [tiny_run.features.read_bytes()[:4096], b"AIREADI-1234", b"P0042", b"187.2",
+               str(tiny_run.features.resolve()).encode()]
     for path in (tiny_run.root / "wandb").rglob("*"):
         if path.is_file():
-            assert parquet not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert not any(secret in data for secret in secrets), path
 
 
 def test_the_user_can_opt_in_to_rows_and_a_synthetic_cohort_uploads_them(tiny_run, offline):
@@ -121,6 +133,33 @@ def test_a_failed_stage_logs_no_artifact(tiny_run, offline):
         raise RuntimeError("boom")
     [wb] = runs_of(tiny_run)
     assert wb.exit_code == 1 and wb.artifacts == []
+
+
+def test_outputs_of_no_artifact_kind_and_w_and_b_errors_never_fail_a_finished_stage(tiny_run, offline, monkeypatch,
+                                                                                     capsys):
+    stray = tiny_run.root / "notes" / "x.txt"
+    stray.parent.mkdir()
+    stray.write_text("n")
+    with stage_run(tiny_run, "x", {}, outputs=[stray]):
+        pass
+    [wb] = runs_of(tiny_run)
+    assert wb.exit_code == 0 and wb.artifacts == [] and wb.config["sensecf_untracked_outputs"] == [str(stray)]
+
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(wandb.Artifact, "add_file", broken)
+    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
+        pass
+    assert "warning: W&B: the stage's artifacts were not logged: OSError: disk full" in capsys.readouterr().err
+
+
+def test_a_stage_mode_overrides_the_environment(tiny_run, offline):
+    with stage_run(tiny_run, "x", {}, outputs=[tiny_run.features], mode="disabled") as wb:
+        assert wb.disabled
+    assert not (tiny_run.root / "wandb").exists() or not list((tiny_run.root / "wandb").glob("offline-run-*"))
 
 
 def test_inputs_outside_the_run_or_of_no_kind_are_not_artifacts(tiny_run, offline, tmp_path):
