@@ -116,11 +116,17 @@ def resolve_recipe(
         cfg["wandb_mode"] = wandb_mode
     cfg.update(overrides or {})
     if cfg.get("bf16") == "auto" and not _cuda_available():
-        # Axolotl's "auto" looks for a bf16 GPU only; on a CPU with native bf16 it pays (1.37x measured)
+        # Axolotl's "auto" looks for a bf16 GPU only; on a CPU with native bf16, bf16 autocast trained
+        # SmolLM2 1.46x faster here (benchmarks/bench_train_precision.py)
         cfg["bf16"] = cpu_has_native_bf16()
         notes.append(f"bf16: auto on CPU -> {str(cfg['bf16']).lower()} "
                      f"({'AVX512-BF16 present' if cfg['bf16'] else 'no native bf16: fp32'})")
+    if cfg.get("bf16") is True and not _cuda_available() and CPU_PLUGIN not in (cfg.get("plugins") or []):
+        cfg["plugins"] = [*(cfg.get("plugins") or []), CPU_PLUGIN]  # TrainingArguments(use_cpu=True)
     return cfg, notes
+
+
+CPU_PLUGIN = "launch.axolotl_cpu.CPUTrainingPlugin"  # bf16 on a CPU needs use_cpu (launch/axolotl_cpu.py)
 
 
 def _cuda_available() -> bool:

@@ -129,7 +129,7 @@ def test_cpu_recipe_is_cpu_safe():
     cpu = load_recipe(RECIPES["smollm2-cpu"])
     for kernel in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"):
         assert cpu[kernel] is False, kernel  # CUDA/Triton kernels auto-enable otherwise
-    assert (cpu["bf16"], cpu["fp16"], cpu["attn_implementation"]) == (False, False, "sdpa")
+    assert (cpu["bf16"], cpu["fp16"], cpu["attn_implementation"]) == ("auto", False, "sdpa")  # see launch.train
     assert cpu["sample_packing"] is True and cpu["max_steps"] <= 50
     assert cpu["base_model"] == "~/.cache/sensecf/smollm2-135m-instruct"
     assert cpu["adapter"] == "lora" and not cpu["load_in_4bit"]
@@ -403,6 +403,7 @@ def test_bf16_auto_on_a_cpu_follows_native_bf16_and_says_so(tmp_path, monkeypatc
     run = _run_with_sft(tmp_path)
     cfg, notes = resolve_recipe(load_recipe(RECIPES["smollm2-cpu"]), "smollm2-cpu", run, overrides={"bf16": "auto"})
     assert cfg["bf16"] is native
+    assert cfg.get("plugins", []) == (["launch.axolotl_cpu.CPUTrainingPlugin"] if native else [])  # use_cpu
     assert notes[-1] == ("bf16: auto on CPU -> true (AVX512-BF16 present)" if native
                          else "bf16: auto on CPU -> false (no native bf16: fp32)")
     monkeypatch.setattr(train, "_cuda_available", lambda: True)  # a GPU: Axolotl resolves "auto" itself
