@@ -578,7 +578,8 @@ def main(
 ) -> None:
     """Retrain the NN under label scarcity with CF augmentation; write Table IV, Fig. 7, Fig. 1."""
     run_dir = RunDir(run)
-    cf_files = source_files(cf_dir_of(run_dir) if cf_dir is None else cf_dir, sources)
+    # the files read, for W&B; with no run directory run_scarcity says so
+    cf_files = source_files(cf_dir_of(run_dir) if cf_dir is None else cf_dir, sources) if run_dir.root.is_dir() else []
     with stage_run(run_dir, "table4", inputs=[run_dir.features, *cf_files], outputs=[run_dir.augment / "table4.md"]):
         summary = run_scarcity(
             run_dir, sources, _floats(ratios, "--ratios"), seeds, [s.strip() for s in scenarios.split(",")],

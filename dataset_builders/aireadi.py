@@ -261,7 +261,7 @@ def main(
     base_spec = DatasetSpec.from_yaml(spec)
     run = RunDir(out.resolve().parent)  # --out is RUN/cohort: one writer per run directory
     with run_lock(run.root), stage_run(run, "cohort", inputs=[root / "synthetic_release.json"],
-                                       outputs=[out / "features.parquet"]):
+                                       outputs=[out / "features.parquet"], creates_run=True):
         frame, participants, quality = build_cohort(
             root, spec=base_spec, rule=rule, demographics_path=demographics, strict=strict, workers=workers,
             count_heart_rate=count_heart_rate)

@@ -593,7 +593,8 @@ def main(
     except ValidationError as err:
         raise typer.BadParameter(f"quirk rates: {err}") from err
     # W&B: the release's parent is the run directory (RUN/release in the recipes)
-    with stage_run(RunDir(out.resolve().parent), "release", outputs=[out / "synthetic_release.json"]):
+    with stage_run(RunDir(out.resolve().parent), "release", outputs=[out / "synthetic_release.json"],
+                   creates_run=True):
         release = write_release(out, participants, days, seed, rates, controlled, workers, force, progress=True)
         write_provenance(
             out,

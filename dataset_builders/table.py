@@ -153,7 +153,7 @@ def main(
     synthetic: bool = typer.Option(False, help="mark the cohort as synthetic (allows external APIs)"),
 ) -> None:
     """Build a cohort from any table + spec."""
-    with stage_run(RunDir(out.resolve().parent), "cohort", outputs=[out / "features.parquet"]):
+    with stage_run(RunDir(out.resolve().parent), "cohort", outputs=[out / "features.parquet"], creates_run=True):
         cohort = build_table_cohort(table, spec, out, id_col=id_col, group_col=group_col,
                                     test_fraction=test_fraction, seed=seed, synthetic=synthetic)
     typer.echo(f"cohort: {len(cohort)} rows -> {out}")

@@ -94,21 +94,27 @@ def _refs(run: RunDir, paths) -> tuple[list[ArtifactRef], list[str]]:
 
 @contextmanager
 def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(), outputs=(),
-              log_rows: bool = False, group: str | None = None, mode: str | None = None) -> Iterator:
+              log_rows: bool = False, group: str | None = None, mode: str | None = None,
+              creates_run: bool = False) -> Iterator:
     """A W&B run for one stage: job_type = the stage, group = the run directory's name, its inputs
     named in the config (and used, online) and its outputs logged as artifacts on success. `mode`
     overrides WANDB_MODE for this run (a stage's --wandb-mode). Logging the outputs never fails a
-    stage whose work is done: an error there is a warning."""
+    stage whose work is done: an error there is a warning. Only a stage that `creates_run` (a
+    release or cohort) makes a missing run directory; for any other the stage itself says it is
+    missing, and W&B stays off rather than create it."""
     _configure_environment()
     import wandb
 
-    run.root.mkdir(parents=True, exist_ok=True)
+    if creates_run:
+        run.root.mkdir(parents=True, exist_ok=True)
+    elif not run.root.is_dir():
+        mode = "disabled"  # and no dir: wandb.init makes the folder it is given even then
     used, untracked = _refs(run, inputs)
     config = strip_secrets(_cli_options() if config is None else config)
     job_type = stage_job_type(stage)
     wb = wandb.init(
         project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
-        dir=str(run.root),
+        dir=str(run.root) if run.root.is_dir() else None,
         group=group or run.root.resolve().name,
         job_type=job_type,
         name=f"{run.root.resolve().name}-{job_type}",
@@ -119,8 +125,7 @@ def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(),
     )
     try:
         if not wb.offline and not wb.disabled:  # offline W&B cannot declare inputs: wandb_sync links them
-            for ref in used:
-                wb.use_artifact(ref.build(log_rows))
+            _use_inputs(wb, used, log_rows)
         yield wb
         if not wb.disabled:
             _log_outputs(wb, run, outputs, log_rows)
@@ -128,6 +133,14 @@ def stage_run(run: RunDir, stage: str, config: dict | None = None, *, inputs=(),
         wb.finish(exit_code=1)
         raise
     wb.finish()
+
+
+def _use_inputs(wb, used: list[ArtifactRef], log_rows: bool) -> None:
+    try:
+        for ref in used:
+            wb.use_artifact(ref.build(log_rows))
+    except Exception as e:  # noqa: BLE001 - the lineage is a convenience; the stage's work is not
+        print(f"warning: W&B: the stage's inputs were not declared: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def _log_outputs(wb, run: RunDir, outputs, log_rows: bool) -> None:

@@ -156,6 +156,16 @@ def test_outputs_of_no_artifact_kind_and_w_and_b_errors_never_fail_a_finished_st
     assert "warning: W&B: the stage's artifacts were not logged: OSError: disk full" in capsys.readouterr().err
 
 
+def test_w_and_b_never_creates_a_missing_run_directory_unless_the_stage_makes_one(tmp_path, offline):
+    missing = RunDir(tmp_path / "typo")
+    with stage_run(missing, "table3", {}) as wb:
+        assert wb.disabled
+    assert not missing.root.exists()
+    with stage_run(missing, "release", {}, creates_run=True) as wb:
+        assert wb.offline
+    assert missing.root.is_dir()
+
+
 def test_a_stage_mode_overrides_the_environment(tiny_run, offline):
     with stage_run(tiny_run, "x", {}, outputs=[tiny_run.features], mode="disabled") as wb:
         assert wb.disabled

@@ -27,6 +27,7 @@ def test_strip_secrets_at_any_depth():
 
 def test_offline_stage_run_writes_under_the_run_dir_without_secrets(tmp_path):
     run = RunDir(tmp_path / "exp1")
+    run.root.mkdir()  # W&B never creates a run directory (tests/test_wandb_lineage.py)
     config = {"seed": 3, "api_key": SECRET, "nested": {"access_token": SECRET, "lr": 0.1}}
     with stage_run(run, "baselines", config) as wb:
         assert dict(wb.config) == {"seed": 3, "nested": {"lr": 0.1}, "sensecf_inputs": [],
