@@ -33,6 +33,12 @@ def runs_of(run: RunDir):
     return read_offline_runs(run.root / "wandb")
 
 
+def empty_stage(run: RunDir, job_type: str, config: dict | None = None, **kwargs) -> None:
+    """A stage whose work is already on disk: only its W&B run (config, inputs, outputs) is under test."""
+    with stage_run(run, job_type, config or {}, **kwargs):
+        return
+
+
 def test_each_run_directory_path_names_its_artifact(tiny_run):
     run = tiny_run
     group = run.root.name  # "run"
@@ -98,8 +104,7 @@ def test_rows_of_a_cohort_not_marked_synthetic_stay_on_the_machine(tiny_run, off
     (tiny_run.eval / "table3.md").write_text("| method | validity |")
     tiny_run.report.write_text("# report with the intervention: glucose 187.2")
     outputs = [tiny_run.features, tiny_run.eval / "table3.md", tiny_run.report]
-    with stage_run(tiny_run, "cohort", {}, outputs=outputs):
-        pass
+    empty_stage(tiny_run, "cohort", outputs=outputs)
     by_name = {a.name: a for a in runs_of(tiny_run)[0].artifacts}
     cohort, table3, report = by_name["run-cohort"], by_name["run-table3"], by_name["run-report"]
     assert cohort.metadata["rows_uploaded"] is False
@@ -118,11 +123,9 @@ def test_rows_of_a_cohort_not_marked_synthetic_stay_on_the_machine(tiny_run, off
 
 def test_the_user_can_opt_in_to_rows_and_a_synthetic_cohort_uploads_them(tiny_run, offline):
     assert tiny_run.is_synthetic()
-    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "cohort", outputs=[tiny_run.features])
     _mark_not_synthetic(tiny_run)
-    with stage_run(tiny_run, "cohort_opt_in", {}, outputs=[tiny_run.features], log_rows=True):
-        pass
+    empty_stage(tiny_run, "cohort_opt_in", outputs=[tiny_run.features], log_rows=True)
     synthetic, opted_in = (r.artifacts[0] for r in runs_of(tiny_run))
     assert synthetic.files["features.parquet"] == "" and synthetic.metadata["synthetic_cohort"] is True
     assert opted_in.files["features.parquet"] == "" and opted_in.metadata["synthetic_cohort"] is False
@@ -140,8 +143,7 @@ def test_outputs_of_no_artifact_kind_and_w_and_b_errors_never_fail_a_finished_st
     stray = tiny_run.root / "notes" / "x.txt"
     stray.parent.mkdir()
     stray.write_text("n")
-    with stage_run(tiny_run, "x", {}, outputs=[stray]):
-        pass
+    empty_stage(tiny_run, "x", outputs=[stray])
     [wb] = runs_of(tiny_run)
     assert wb.exit_code == 0 and wb.artifacts == [] and wb.config["sensecf_untracked_outputs"] == [str(stray)]
 
@@ -151,8 +153,7 @@ def test_outputs_of_no_artifact_kind_and_w_and_b_errors_never_fail_a_finished_st
         raise OSError("disk full")
 
     monkeypatch.setattr(wandb.Artifact, "add_file", broken)
-    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "cohort", outputs=[tiny_run.features])
     assert "warning: W&B: the stage's artifacts were not logged: OSError: disk full" in capsys.readouterr().err
 
 
@@ -177,22 +178,18 @@ def test_inputs_outside_the_run_or_of_no_kind_are_not_artifacts(tiny_run, offlin
     outside.write_text("x: 1")
     notes = tiny_run.root / "notes.txt"
     notes.write_text("n")
-    with stage_run(tiny_run, "x", {}, inputs=[outside, notes, tiny_run.features, tiny_run.root / "missing.json"]):
-        pass
+    empty_stage(tiny_run, "x", inputs=[outside, notes, tiny_run.features, tiny_run.root / "missing.json"])
     [wb] = runs_of(tiny_run)
     assert [e["artifact"] for e in wb.config[INPUTS_KEY]] == ["run-cohort"]
     assert wb.config["sensecf_untracked_inputs"] == [str(notes)]
 
 
 def test_sync_plan_links_only_versions_that_were_logged(tiny_run, offline):
-    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "cohort", outputs=[tiny_run.features])
     alias = artifact_ref(tiny_run, tiny_run.features).alias()
-    with stage_run(tiny_run, "classifier", {}, inputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "classifier", inputs=[tiny_run.features])
     (tiny_run.cohort / "quality.json").write_text("{}")  # the cohort changed after it was logged
-    with stage_run(tiny_run, "classifier_again", {}, inputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "classifier_again", inputs=[tiny_run.features])
     runs, links = sync_plan(tiny_run.root)
     assert [r.job_type for r in runs] == ["cohort", "classifier", "classifier_again"]
     assert links == [Link(runs[1].id, "classifier", "sensecf", "run-cohort", alias)]
@@ -220,10 +217,8 @@ def test_sync_plan_links_only_versions_that_were_logged(tiny_run, offline):
 def test_sync_dry_run_lists_runs_and_links(tiny_run, offline):
     from sensecf.wandb_sync import main
 
-    with stage_run(tiny_run, "cohort", {}, outputs=[tiny_run.features]):
-        pass
-    with stage_run(tiny_run, "classifier", {}, inputs=[tiny_run.features]):
-        pass
+    empty_stage(tiny_run, "cohort", outputs=[tiny_run.features])
+    empty_stage(tiny_run, "classifier", inputs=[tiny_run.features])
     app = typer.Typer(add_completion=False)
     app.command()(main)
     result = CliRunner().invoke(app, [str(tiny_run.root), "--dry-run"])
@@ -271,8 +266,7 @@ def assert_experiment_lineage(run_dir: Path, stage_names: list[str], stand_ins=(
 
 def test_config_carries_no_secret_in_a_stage_run(tiny_run, offline, monkeypatch):
     monkeypatch.setenv("SENSECF_STAGE", "cohort")
-    with stage_run(tiny_run, "x", {"api_key": "sk-secret-77", "n": 3}):
-        pass
+    empty_stage(tiny_run, "x", {"api_key": "sk-secret-77", "n": 3})
     [wb] = runs_of(tiny_run)
     assert wb.job_type == "cohort" and wb.config["n"] == 3 and "api_key" not in wb.config
     assert "sk-secret-77" not in json.dumps(wb.config)
