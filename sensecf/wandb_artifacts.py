@@ -119,8 +119,9 @@ def inside(run: RunDir, path: str | Path) -> bool:
     return Path(path).resolve().is_relative_to(run.root.resolve())
 
 
-def artifact_ref(run: RunDir, path: str | Path) -> ArtifactRef:
-    """The artifact holding `path` (a file or folder inside the run directory)."""
+def artifact_ref(run: RunDir, path: str | Path, synthetic: bool | None = None) -> ArtifactRef:
+    """The artifact holding `path` (a file or folder inside the run directory). `synthetic`: the
+    run's RunDir.is_synthetic(), when the caller already has it (it hashes the cohort table)."""
     root = run.root.resolve()
     path = Path(path).resolve()
     try:
@@ -128,7 +129,7 @@ def artifact_ref(run: RunDir, path: str | Path) -> ArtifactRef:
     except ValueError:
         raise ValueError(f"{path}: not inside the run directory {root}; no W&B artifact holds it") from None
     group = root.name
-    synthetic = run.is_synthetic()
+    synthetic = run.is_synthetic() if synthetic is None else synthetic
     if rel == ("report.md",):
         kind = KINDS["report"]
         return ArtifactRef(_name(group, "report"), kind.type, root, kind.files, kind.rows, synthetic)

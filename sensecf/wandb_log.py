@@ -83,9 +83,10 @@ def _refs(run: RunDir, paths) -> tuple[list[ArtifactRef], list[str]]:
     """The artifacts holding `paths` (those inside the run directory that exist), and the paths no
     artifact kind covers (named in the config rather than lost)."""
     refs, untracked = {}, []
+    synthetic = run.is_synthetic()  # once: it hashes the cohort table
     for path in (p for p in paths if inside(run, p) and Path(p).exists()):
         try:
-            ref = artifact_ref(run, path)
+            ref = artifact_ref(run, path, synthetic)
             refs[ref.name] = ref
         except ValueError:
             untracked.append(str(path))
