@@ -64,7 +64,7 @@ PROMPT_TEMPLATES = REPO / "prompts" / "templates"
 # Options that change what an answer is (the fingerprint); batch size, device, concurrency,
 # retries and timeouts change only how fast it comes.
 HF_ANSWER_OPTIONS = {"enforcer": "xgrammar", "free": False, "jump_forward": True, "bound_groups": True,
-                  "temperature": 0.0, "max_new_tokens": 256}  # with the defaults of an option left out
+                  "temperature": 0.0, "max_new_tokens": 256, "merge_adapter": True}  # defaults left out
 OPENAI_ANSWER_OPTIONS = ("model", "base_url", "constraint", "temperature", "max_tokens", "send_seed")
 
 
@@ -373,8 +373,8 @@ def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, wri
 
     if not jobs:
         return []
-    model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"))
     opts = {**HF_ANSWER_OPTIONS, **opts}
+    model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"), opts["merge_adapter"])
     config = DecodeConfig(
         constrained=not opts["free"],
         enforcer=opts["enforcer"],
@@ -385,6 +385,8 @@ def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, wri
     )
     generator = HFGenerator(model, tokenizer, spec, config)
     extra = {**extra, "model": str(opts.get("model") or "embedded:smollm2"), "adapter": opts.get("adapter")}
+    if opts.get("adapter"):
+        extra["adapter_merged"] = opts["merge_adapter"]
     extra.update(free=not config.constrained, enforcer=config.enforcer, jump_forward=config.jump_forward)
     extra["batch_size"] = batch_size
     for start in range(0, len(jobs), batch_size):
@@ -450,6 +452,9 @@ def main(
         False, "--no-group-bounds", help="hf: do not bound group members so the computed one stays in range"
     ),
     max_new_tokens: int = typer.Option(256, help="hf, paper protocol: answer token budget"),
+    no_merge_adapter: bool = typer.Option(
+        False, "--no-merge-adapter", help="hf: keep the LoRA adapter unmerged (merged: one matmul per layer, faster)"
+    ),
     api_model: str = typer.Option("gpt-4o-2024-08-06", help="openai: model (the LoRA name for vllm serve)"),
     base_url: str | None = typer.Option(
         None, help="openai: endpoint, e.g. http://localhost:8000/v1 (vllm serve); default $OPENAI_BASE_URL, else OpenAI"
@@ -488,6 +493,7 @@ def main(
         bound_groups=not no_group_bounds,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
+        merge_adapter=not no_merge_adapter,
     )
     from prompts.render import served_template_has_system_role
     from sensecf.generate.openai_backend import EndpointError, OpenAIConfig

@@ -153,6 +153,12 @@ def test_a_peft_adapter_is_applied_and_recorded(run, model_dir, tmp_path):
     with_adapter = read_records(run.cf_file("tiny_lora+grammar"))
     without = read_records(run.cf_file("tiny_base+grammar"))
     assert all(r.parse_status == "ok" and r.extra["adapter"] == str(adapter) for r in with_adapter)
+    assert all(r.extra["adapter_merged"] is True for r in with_adapter)  # merged into the weights by default
     assert [r.raw_text for r in with_adapter] != [r.raw_text for r in without]  # random LoRA weights change answers
+    generate(run, "tiny_lora_unmerged", n=2, hf_options=options(model_dir, adapter=str(adapter), merge_adapter=False),
+             progress=False)  # fmt: skip
+    unmerged = read_records(run.cf_file("tiny_lora_unmerged+grammar"))
+    assert all(r.extra["adapter_merged"] is False for r in unmerged)
+    assert [r.raw_text for r in unmerged] == [r.raw_text for r in with_adapter]  # the same answers, merged or not
     prov = json.loads((run.cfs / "generate" / "tiny_lora+grammar" / "provenance.json").read_text())
     assert str(adapter / "adapter_model.safetensors") in prov["inputs"]
