@@ -27,10 +27,16 @@ def main(
     jobs = [
         ["benchmarks.bench_aireadi_io", *size, "--out", out / "aireadi_io.json"],
         ["benchmarks.bench_baselines", "--run", run, *n, "--out", out / "baselines.json"],
-        ["benchmarks.bench_generate", "--run", run, *n, "--out", out / "generate.json"],
+        ["benchmarks.bench_generate", "--run", run, *n, "--adapter", run / "checkpoints" / "smollm2-cpu",
+         "--out", out / "generate.json"],
         # fp32 against bf16 fine-tuning, same pairs and steps (bf16 only where the CPU has it natively)
         ["benchmarks.bench_train_precision", "--run", run, "--steps", "4" if quick else "20",
          "--out", out / "train_precision.json"],
+        # The fine-tune's learning curve: one run checkpointed at each point (about 2 hours at full size)
+        ["benchmarks.bench_finetune", "--run", run, *(["--examples", "0,20", "--n", "10"] if quick else []),
+         "--out", out / "finetune.json"],
+        # Record writing: an fsync per record against at most one a second
+        ["benchmarks.bench_records", "--out", out / "records.json"],
         # Six copies of the teacher's CFs: it fills every cell, so the whole grid is fitted and timed.
         ["benchmarks.bench_augment", "--run", run, "--only", "teacher", *(["--seeds", "2"] if quick else []),
          "--out", out / "augment.json"],
