@@ -453,7 +453,7 @@ def main(
     ),
     max_new_tokens: int = typer.Option(256, help="hf, paper protocol: answer token budget"),
     no_merge_adapter: bool = typer.Option(
-        False, "--no-merge-adapter", help="hf: keep the LoRA adapter unmerged (merged: one matmul per layer, faster)"
+        False, "--no-merge-adapter", help="hf: keep the LoRA adapter apart (default: merged into the weights, faster)"
     ),
     api_model: str = typer.Option("gpt-4o-2024-08-06", help="openai: model (the LoRA name for vllm serve)"),
     base_url: str | None = typer.Option(

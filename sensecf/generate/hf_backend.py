@@ -422,8 +422,9 @@ def load_model(
     """(model, tokenizer): the embedded SmolLM2 (model None) or a local HF folder, with an
     optional PEFT adapter; the adapter folder's tokenizer wins when it has one. The adapter is
     merged into the weights by default (PEFT's merge_and_unload: one matmul per projection
-    instead of three). SmolLM2 + the demo adapter, batch 16, 32 factuals: 0.58 against 0.69 s/CF,
-    the same greedy answers for 32 of 32 (rounding differs, so identity is measured, not assumed)."""
+    instead of three). SmolLM2 + the demo adapter, batch 16, 64 factuals: 0.60 against 0.71 s/CF,
+    the same greedy answers for 64 of 64 (bench_generate --adapter; rounding differs, so identity
+    is measured there, not assumed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
