@@ -15,8 +15,9 @@ grammar), greedy. Per point, protocol and factual class: validity with its 95 % 
 parse rate, distance over parsed and over valid CFs, seconds per CF. Figure: validity against
 examples seen with the intervals, next to the JSON (same stem, .png).
 
-Cost on 2 cores (fp32): ~12 s per optimizer step of 2 x 768 tokens, and ~0.7 s (sensecf) + ~2.6 s
-(paper) per factual and point; the full default is about 2 hours.
+Cost on 2 idle cores (fp32): the demo's 20-step fine-tune took 248 s (~12 s per optimizer step of
+2 x 768 tokens) and grammar decoding ~0.65 s per CF (bench_generate); free decoding (the paper
+protocol) takes longer per CF. The full default is estimated at about 2 hours, not measured.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def _run(cmd: list[str], what: str) -> float:
 
 def train(scratch: RunDir, steps: list[int], epochs: int) -> dict:
     """One run to the last point, a checkpoint at every point; the launcher's train summary."""
+    every = save_every(steps)
     cmd = ["launch.train", RECIPE, "--run", scratch.root, "--max-steps", max(steps),
-           "--set", f"save_steps={save_every(steps)}", "--set", f"save_total_limit={len(steps) + max(steps)}",
+           "--set", f"save_steps={every}", "--set", f"save_total_limit={max(steps) // every}",  # keep them all
            "--set", f"num_epochs={epochs}"]  # fmt: skip
     seconds = _run(cmd, "fine-tuning")
     summary = json.loads((scratch.checkpoints / RECIPE.stem / "train_summary.json").read_text())
@@ -89,8 +91,9 @@ def train(scratch: RunDir, steps: list[int], epochs: int) -> dict:
                                                                    "trainable_tokens_per_second")}}  # fmt: skip
 
 
-def score(scratch: RunDir, examples: int, step: int, protocol: str, n: int) -> dict:
-    """Generate with the checkpoint at `step` (the base model at 0) and score it per factual class."""
+def score(scratch: RunDir, examples: int, step: int, protocol: str, n: int, judge: tuple) -> dict:
+    """Generate with the checkpoint at `step` (the base model at 0) and score it per factual class;
+    judge = (spec, training frame, black box)."""
     method = f"{METHOD}_e{examples}"
     cmd = ["eval.generate", "--run", scratch.root, "--backend", "hf", "--method", method, "--protocol", protocol,
            "--n", n, "--batch-size", BATCH[protocol], "--seed", 0, "--overwrite", "--quiet"]  # fmt: skip
@@ -98,9 +101,7 @@ def score(scratch: RunDir, examples: int, step: int, protocol: str, n: int) -> d
         cmd += ["--adapter", scratch.checkpoints / RECIPE.stem / f"checkpoint-{step}"]
     seconds = _run(cmd, f"generation ({method}, {protocol})")
     records = read_records(scratch.cf_file(row_name(method, protocol, "llm")))
-    df, spec = scratch.load_cohort()
-    blackbox = BlackBox.load(scratch.model, spec)
-    table = cf_metrics(records, spec, df[df[SPLIT_COL] == "train"], blackbox)
+    table = cf_metrics(records, *judge)
     by_class = {
         str(int(row["class"])): {c: (None if isinstance(row[c], float) and math.isnan(row[c]) else float(row[c]))
                                  for c in COLUMNS}
@@ -161,6 +162,8 @@ def main(
     source = RunDir(run)
     scratch = RunDir(scratch_dir or source.root / "bench" / "finetune")
     scratch_copy(source, scratch)
+    df, spec = scratch.load_cohort()
+    judge = (spec, df[df[SPLIT_COL] == "train"], BlackBox.load(scratch.model, spec))
     load_before = os.getloadavg()
     pairs_needed = max(points)
     result: dict = {"benchmark": "finetune", "run": str(source.root), "recipe": str(RECIPE.relative_to(REPO)),
@@ -178,7 +181,7 @@ def main(
         entry = {"examples": examples_seen, "step": step, "scores": {}}
         for protocol in chosen:
             typer.echo(f"== {examples_seen} examples, {protocol}", err=True)
-            entry["scores"][protocol] = score(scratch, examples_seen, step, protocol, n)
+            entry["scores"][protocol] = score(scratch, examples_seen, step, protocol, n, judge)
         result["points"].append(entry)
         write_json(out, result)  # a partial curve survives a stopped run
     result["load_average_before"], result["load_average_after"] = load_before, os.getloadavg()

@@ -107,6 +107,28 @@ def scratch_copy(run: RunDir, scratch: RunDir, n: int) -> None:
         shutil.copy(shared, scratch.cfs / shared.name)
 
 
+def write_records(name, jobs, results, spec, blackbox, scratch, extra) -> dict:
+    """The configuration's CF records into the scratch run; what every configuration reports of them."""
+    record_jobs = [(row, factual, 0, seed) for row, factual, _, seed in jobs]
+    records = make_records(spec, blackbox, name, record_jobs, results, extra)
+    with RecordWriter(scratch.cf_file(name)) as writer:
+        writer.write_all(records)
+    n = len(results)
+    return {
+        "status": dict(sorted(Counter(r.status for r in results).items())),
+        "parse_rate": sum(r.cf is not None for r in results) / n,
+        "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
+        "immutables_violated": sum(r.immutables_ok is False for r in records),
+        "texts": {rec.window_id: rec.raw_text for rec in records},
+    }
+
+
+def same_answers(a: dict, b: dict) -> dict:
+    """How many factuals two configurations answered with the same text."""
+    common = set(a["texts"]) & set(b["texts"])
+    return {"identical": sum(a["texts"][k] == b["texts"][k] for k in common), "of": len(common)}
+
+
 def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox, scratch) -> dict:
     generator = HFGenerator(model, tokenizer, spec, config)
     requests = [
@@ -120,10 +142,7 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
     for i in range(0, len(requests), batch_size):
         results += generator.generate_batch(requests[i : i + batch_size])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    record_jobs = [(row, factual, 0, seed) for row, factual, _, seed in jobs]
-    records = make_records(spec, blackbox, name, record_jobs, results, {"benchmark": name})
-    with RecordWriter(scratch.cf_file(name)) as writer:
-        writer.write_all(records)
+    summary = write_records(name, jobs, results, spec, blackbox, scratch, {"benchmark": name})
     stats = dict(generator.stats)
     n = len(results)
     batches = math.ceil(n / batch_size)
@@ -147,11 +166,7 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
         else None,
         "padding_share": 1 - stats["real_tokens"] / stats["token_slots"] if stats.get("token_slots") else None,
         "grammar_share_of_time": (stats.get("mask_s", 0) + stats.get("advance_s", 0)) / wall,
-        "status": dict(sorted(Counter(r.status for r in results).items())),
-        "parse_rate": sum(r.cf is not None for r in results) / n,
-        "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
-        "immutables_violated": sum(r.immutables_ok is False for r in records),
-        "texts": {rec.window_id: rec.raw_text for rec in records},
+        **summary,
     }
 
 
@@ -196,10 +211,7 @@ def run_library_config(name, batch_size, jobs, model, tokenizer, spec, blackbox,
         parsed = parse_block(spec, text, factual)
         results.append(GenResult(text=text, cf=parsed.cf, status=parsed.status, prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens, seconds=wall / len(jobs)))  # fmt: skip
-    record_jobs = [(row, factual, 0, seed) for row, factual, _, seed in jobs]
-    records = make_records(spec, blackbox, name, record_jobs, results, {"benchmark": name})
-    with RecordWriter(scratch.cf_file(name)) as writer:
-        writer.write_all(records)
+    summary = write_records(name, jobs, results, spec, blackbox, scratch, {"benchmark": name})
     n = len(results)
     return {
         "n": n,
@@ -209,11 +221,7 @@ def run_library_config(name, batch_size, jobs, model, tokenizer, spec, blackbox,
         "cpu_seconds_per_cf": cpu / n,
         "prompt_tokens_per_cf": _mean([r.prompt_tokens for r in results]),
         "completion_tokens_per_cf": _mean([r.completion_tokens for r in results]),
-        "status": dict(sorted(Counter(r.status for r in results).items())),
-        "parse_rate": sum(r.cf is not None for r in results) / n,
-        "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
-        "immutables_violated": sum(r.immutables_ok is False for r in records),
-        "texts": {rec.window_id: rec.raw_text for rec in records},
+        **summary,
     }
 
 
@@ -231,11 +239,8 @@ def run_llamacpp_config(name, constraint, max_tokens, jobs, spec, blackbox, scra
     if outcome.failures:
         raise RuntimeError(f"{name}: {len(outcome.failures)} requests failed: {outcome.failures[0].error}")
     results = [outcome.results[i] for i in range(len(requests))]
-    record_jobs = [(row, factual, 0, seed) for row, factual, _, seed in jobs]
     extra = {"benchmark": name, "backend": "openai", "constraint": constraint, "base_url": server.base_url}
-    records = make_records(spec, blackbox, name, record_jobs, results, extra)
-    with RecordWriter(scratch.cf_file(name)) as writer:
-        writer.write_all(records)
+    summary = write_records(name, jobs, results, spec, blackbox, scratch, extra)
     n = len(results)
     return {
         "n": n,
@@ -251,10 +256,7 @@ def run_llamacpp_config(name, constraint, max_tokens, jobs, spec, blackbox, scra
         "prompt_tokens_per_cf": _mean([r.prompt_tokens for r in results]),
         "completion_tokens_per_cf": _mean([r.completion_tokens for r in results]),
         "finish_reasons": dict(sorted(Counter(str(r.extra.get("finish_reason")) for r in results).items())),
-        "status": dict(sorted(Counter(r.status for r in results).items())),
-        "parse_rate": sum(r.cf is not None for r in results) / n,
-        "immutables_kept": sum(r.immutables_ok is True for r in records) / n,
-        "immutables_violated": sum(r.immutables_ok is False for r in records),
+        **summary,
         "schema_violations": sum("schema_violations" in r.extra for r in results),
     }
 
@@ -420,21 +422,13 @@ def main(
         for size in ("b16", "b1"):
             a, b = results.get(f"{enforcer}_jf_{size}"), results.get(f"{enforcer}_nojf_{size}")
             if a and b:
-                common = set(a["texts"]) & set(b["texts"])
-                same[f"{enforcer}_{size}"] = {
-                    "identical": sum(a["texts"][k] == b["texts"][k] for k in common),
-                    "of": len(common),
-                }
-    # same greedy answers across batch sizes
-    identical = {}
-    for a_name, b_name in [("xgrammar_jf_b64", "xgrammar_jf_b16"), ("ft_merged_b16", "ft_unmerged_b16")]:
-        a, b = results.get(a_name), results.get(b_name)
-        if a and b:
-            common = set(a["texts"]) & set(b["texts"])
-            identical[f"{a_name} vs {b_name}"] = {
-                "identical": sum(a["texts"][k] == b["texts"][k] for k in common),
-                "of": len(common),
-            }
+                same[f"{enforcer}_{size}"] = same_answers(a, b)
+    # same greedy answers across batch sizes, and with the LoRA adapter merged or not
+    identical = {
+        f"{a} vs {b}": same_answers(results[a], results[b])
+        for a, b in [("xgrammar_jf_b64", "xgrammar_jf_b16"), ("ft_merged_b16", "ft_unmerged_b16")]
+        if a in results and b in results
+    }
     # the hand-written loop's advantage over the library path, in one run
     library = results.get("hf_generate_xgrammar_b16", {}).get("seconds_per_cf")
     speedup = {

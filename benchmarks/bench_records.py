@@ -10,7 +10,6 @@ the behaviour before the writer batched its fsyncs. The files are deleted afterw
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import typer
 
+from sensecf.atomic import write_json
 from sensecf.records import CFRecord, RecordWriter, read_records
 
 FEATURES = ["awake", "light", "deep", "rem", "steps", "glucose", "hyper", "tir", "age", "sex", "med", "group"]
@@ -81,8 +81,7 @@ def main(
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     typer.echo(f"per record {results['per_record']['seconds']:.2f} s, batched "
                f"{results['at_most_once_a_second']['seconds']:.2f} s -> {out}")  # fmt: skip
 
