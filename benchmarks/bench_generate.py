@@ -38,6 +38,7 @@ records the load average and CPU seconds next to wall time.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -65,26 +66,38 @@ from sensecf.generate.openai_backend import OpenAIConfig, OpenAIGenerator
 from sensecf.generate.parser import parse_block
 from sensecf.generate.result import GenRequest, GenResult
 from sensecf.models import load_embedded_model, load_tokenizer
+from sensecf.precision import cpu_has_native_bf16
 from sensecf.records import RecordWriter, read_records
 from sensecf.rundir import ID_COL, SPLIT_COL, RunDir
 
-# name -> (decode config, batch size, uses the small batch-1 subset)
+# name -> (decode config, batch size, uses the small batch-1 subset, compute dtype)
 CONFIGS = {
-    "xgrammar_jf_b16": (DecodeConfig(enforcer="xgrammar"), 16, False),
-    "xgrammar_jf_b64": (DecodeConfig(enforcer="xgrammar"), 64, False),
-    "xgrammar_nojf_b16": (DecodeConfig(enforcer="xgrammar", jump_forward=False), 16, False),
-    "lmfe_jf_b16": (DecodeConfig(enforcer="lmfe"), 16, False),
-    "lmfe_nojf_b16": (DecodeConfig(enforcer="lmfe", jump_forward=False), 16, False),
-    "free_b16": (DecodeConfig(constrained=False, max_new_tokens=160), 16, False),
-    "xgrammar_jf_b1": (DecodeConfig(enforcer="xgrammar"), 1, True),
-    "xgrammar_nojf_b1": (DecodeConfig(enforcer="xgrammar", jump_forward=False), 1, True),
-    "lmfe_jf_b1": (DecodeConfig(enforcer="lmfe"), 1, True),
+    "xgrammar_jf_b16": (DecodeConfig(enforcer="xgrammar"), 16, False, "float32"),
+    "xgrammar_jf_b64": (DecodeConfig(enforcer="xgrammar"), 64, False, "float32"),
+    "xgrammar_jf_b16_bf16": (DecodeConfig(enforcer="xgrammar"), 16, False, "bfloat16"),
+    "xgrammar_jf_b64_bf16": (DecodeConfig(enforcer="xgrammar"), 64, False, "bfloat16"),
+    "xgrammar_nojf_b16": (DecodeConfig(enforcer="xgrammar", jump_forward=False), 16, False, "float32"),
+    "lmfe_jf_b16": (DecodeConfig(enforcer="lmfe"), 16, False, "float32"),
+    "lmfe_nojf_b16": (DecodeConfig(enforcer="lmfe", jump_forward=False), 16, False, "float32"),
+    "free_b16": (DecodeConfig(constrained=False, max_new_tokens=160), 16, False, "float32"),
+    "free_b16_bf16": (DecodeConfig(constrained=False, max_new_tokens=160), 16, False, "bfloat16"),
+    "xgrammar_jf_b1": (DecodeConfig(enforcer="xgrammar"), 1, True, "float32"),
+    "xgrammar_nojf_b1": (DecodeConfig(enforcer="xgrammar", jump_forward=False), 1, True, "float32"),
+    "lmfe_jf_b1": (DecodeConfig(enforcer="lmfe"), 1, True, "float32"),
 }
 # The library path: transformers' generate() with xgrammar's logits processor (xgrammar.contrib.hf)
-# on the whole-block regex; name -> batch size.
-LIBRARY_CONFIGS = {"hf_generate_xgrammar_b16": 16}
+# on the whole-block regex; name -> (batch size, compute dtype).
+LIBRARY_CONFIGS = {"hf_generate_xgrammar_b16": (16, "float32"), "hf_generate_xgrammar_b16_bf16": (16, "bfloat16")}
 # name -> (openai-backend constraint, max_tokens) against llama.cpp's server
 LLAMACPP_CONFIGS = {"llamacpp_free": ("none", 160), "llamacpp_schema": ("json_object_schema", 256)}
+# Pairs whose greedy answers are compared: across batch sizes, fp32 against bf16, the LoRA merged or not.
+IDENTITY_PAIRS = [
+    ("xgrammar_jf_b64", "xgrammar_jf_b16"),
+    ("xgrammar_jf_b64_bf16", "xgrammar_jf_b16_bf16"),
+    ("xgrammar_jf_b16_bf16", "xgrammar_jf_b16"),
+    ("free_b16_bf16", "free_b16"),
+    ("ft_merged_b16", "ft_unmerged_b16"),
+]
 QUALITY = ["validity", "distance", "sparsity", "plausibility", "coherence"]
 
 
@@ -130,6 +143,7 @@ def same_answers(a: dict, b: dict) -> dict:
 
 
 def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox, scratch) -> dict:
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     generator = HFGenerator(model, tokenizer, spec, config)
     requests = [
         GenRequest(factual, seed=seed, prompt=apply_chat_template(tokenizer, build_messages(spec, factual, 1 - pred)))
@@ -149,6 +163,7 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
     return {
         "n": n,
         "batch_size": batch_size,
+        "dtype": dtype,
         "enforcer": config.enforcer if config.constrained else None,
         "jump_forward": config.jump_forward if config.constrained else None,
         "seconds_per_cf": wall / n,
@@ -216,6 +231,7 @@ def run_library_config(name, batch_size, jobs, model, tokenizer, spec, blackbox,
     return {
         "n": n,
         "batch_size": batch_size,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "path": "transformers generate() + xgrammar.contrib.hf.LogitsProcessor, block_regex per factual, greedy",
         "seconds_per_cf": wall / n,
         "cpu_seconds_per_cf": cpu / n,
@@ -369,6 +385,13 @@ def main(
     ]
     torch.manual_seed(0)
     model, tokenizer = load_embedded_model()
+    models = {"float32": model}
+
+    def model_in(dtype: str):  # one copy per compute dtype, cast from the same fp32 weights
+        if dtype not in models:
+            models[dtype] = copy.deepcopy(model).to(getattr(torch, dtype))
+        return models[dtype]
+
     df, _ = scratch.load_cohort()
     train = df[df[SPLIT_COL] == "train"]
     results: dict = {}
@@ -389,18 +412,17 @@ def main(
     for name in names:
         if name in LIBRARY_CONFIGS:
             typer.echo(f"== {name}", err=True)
-            results[name] = run_library_config(
-                name, LIBRARY_CONFIGS[name], jobs, model, tokenizer, spec, blackbox, scratch
-            )
+            size, dtype = LIBRARY_CONFIGS[name]
+            results[name] = run_library_config(name, size, jobs, model_in(dtype), tokenizer, spec, blackbox, scratch)
             results[name]["quality"] = quality(scratch, name, spec, train, blackbox)
             typer.echo(f"{name}: {results[name]['seconds_per_cf']:.2f} s/CF", err=True)
         if name not in CONFIGS:
             continue
-        config, size, small = CONFIGS[name]
+        config, size, small, dtype = CONFIGS[name]
         size = batch_size if size == 16 else size  # --batch-size sets the *_b16 configurations'
         typer.echo(f"== {name}", err=True)
         results[name] = run_config(
-            name, config, size, jobs[:n_batch1] if small else jobs, model, tokenizer, spec, blackbox, scratch
+            name, config, size, jobs[:n_batch1] if small else jobs, model_in(dtype), tokenizer, spec, blackbox, scratch
         )
         results[name]["quality"] = quality(scratch, name, spec, train, blackbox)
         r = results[name]
@@ -423,18 +445,14 @@ def main(
             a, b = results.get(f"{enforcer}_jf_{size}"), results.get(f"{enforcer}_nojf_{size}")
             if a and b:
                 same[f"{enforcer}_{size}"] = same_answers(a, b)
-    # same greedy answers across batch sizes, and with the LoRA adapter merged or not
-    identical = {
-        f"{a} vs {b}": same_answers(results[a], results[b])
-        for a, b in [("xgrammar_jf_b64", "xgrammar_jf_b16"), ("ft_merged_b16", "ft_unmerged_b16")]
-        if a in results and b in results
-    }
-    # the hand-written loop's advantage over the library path, in one run
-    library = results.get("hf_generate_xgrammar_b16", {}).get("seconds_per_cf")
+    identical = {f"{a} vs {b}": same_answers(results[a], results[b]) for a, b in IDENTITY_PAIRS
+                 if a in results and b in results}  # fmt: skip
+    # the hand-written loop's advantage over the library path in the same dtype, in one run
+    library = {LIBRARY_CONFIGS[name][1]: r["seconds_per_cf"] for name, r in results.items() if name in LIBRARY_CONFIGS}
     speedup = {
-        name: library / r["seconds_per_cf"]
+        name: library[r["dtype"]] / r["seconds_per_cf"]
         for name, r in results.items()
-        if library and name in CONFIGS and r.get("batch_size", 0) > 1
+        if name in CONFIGS and r.get("batch_size", 0) > 1 and r["dtype"] in library
     }
     typer.echo("== mask time per token (real tokenizers)", err=True)
     factuals = [job[1] for job in jobs[:mask_factuals]]
@@ -453,7 +471,8 @@ def main(
     report = {
         "benchmark": "generate",
         "run": str(source.root),
-        "model": "SmolLM2-135M-Instruct (embedded, float32), zero-shot Fig. 4 prompt, greedy",
+        "model": "SmolLM2-135M-Instruct (embedded; each configuration's dtype beside it), zero-shot Fig. 4, greedy",
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "factuals": {"n": len(jobs), "n_batch1": min(n_batch1, len(jobs)), "from": factual_source},
         "configs": results,
         "greedy_identical_with_and_without_jump_forward": same,

@@ -7,7 +7,7 @@ RUN/sft/ (RUN/checkpoints/ is never touched), with `--set bf16=...`. Reported pe
 at every logged step, the training loop's runtime, tokens/s over all tokens (padding included) and
 over trained (answer) tokens; then the largest loss difference between the two curves, absolute and
 relative to fp32's, and bf16's speed-up. bf16 is measured only where the CPU computes it natively
-(launch.train.cpu_has_native_bf16); elsewhere the JSON says it was skipped.
+(sensecf.precision.cpu_has_native_bf16); elsewhere the JSON says it was skipped.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import typer
 
-from launch.train import cpu_has_native_bf16
 from sensecf.atomic import write_json
+from sensecf.precision import cpu_has_native_bf16
 from sensecf.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

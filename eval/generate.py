@@ -48,7 +48,15 @@ import pandas as pd
 import typer
 from tqdm import tqdm
 
-from eval.baselines import factuals_file, immutables_kept, native_values, read_factual_ids, records_dir, sample_factuals
+from eval.baselines import (
+    balanced_head,
+    factuals_file,
+    immutables_kept,
+    native_values,
+    read_factual_ids,
+    records_dir,
+    sample_factuals,
+)
 from prompts.render import apply_chat_template, build_messages
 from sensecf import fingerprint, privacy, protocols
 from sensecf.atomic import run_lock, write_json
@@ -64,7 +72,8 @@ PROMPT_TEMPLATES = REPO / "prompts" / "templates"
 # Options that change what an answer is (the fingerprint); batch size, device, concurrency,
 # retries and timeouts change only how fast it comes.
 HF_ANSWER_OPTIONS = {"enforcer": "xgrammar", "free": False, "jump_forward": True, "bound_groups": True,
-                  "temperature": 0.0, "max_new_tokens": 256, "merge_adapter": True}  # defaults left out
+                  "temperature": 0.0, "max_new_tokens": 256, "merge_adapter": True,
+                  "dtype": "float32"}  # the resolved compute dtype (sensecf.precision), never "auto"
 OPENAI_ANSWER_OPTIONS = ("model", "base_url", "constraint", "temperature", "max_tokens", "send_seed")
 
 
@@ -111,21 +120,6 @@ def choose_factuals(
         chosen = balanced_head(chosen, n)
         source += f" (the first {n}, half per predicted class)"
     return chosen, spec, blackbox, factuals or shared, source
-
-
-def balanced_head(chosen: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The first n//2 factuals predicted 0 and n - n//2 predicted 1 (file order; a class short of
-    its quota gives all it has and the other fills up), so --n takes a subset of a larger shared
-    sample with the same class balance as a fresh one."""
-    quota = {0: n // 2, 1: n - n // 2}
-    counts = chosen["factual_pred"].value_counts().to_dict()
-    for cls in (0, 1):
-        spare = quota[cls] - counts.get(cls, 0)
-        if spare > 0:
-            quota[cls] -= spare
-            quota[1 - cls] += spare
-    keep = chosen.groupby("factual_pred", group_keys=False).cumcount() < chosen["factual_pred"].map(quota)
-    return chosen[keep].reset_index(drop=True)
 
 
 def fewshot_examples(run: RunDir, k: int, spec: DatasetSpec) -> dict[int, list[dict]]:
@@ -344,6 +338,12 @@ def _generate_locked(run, method, backend, split, n, seed, factuals, candidates,
     return summary
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -374,7 +374,8 @@ def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, wri
     if not jobs:
         return []
     opts = {**HF_ANSWER_OPTIONS, **opts}
-    model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"), opts["merge_adapter"])
+    model, tokenizer = load_model(opts.get("model"), opts.get("adapter"), opts.get("device"), opts["merge_adapter"],
+                                  opts["dtype"])
     config = DecodeConfig(
         constrained=not opts["free"],
         enforcer=opts["enforcer"],
@@ -388,6 +389,7 @@ def _run_hf(spec, blackbox, method, jobs, examples, batch_size, opts, extra, wri
     if opts.get("adapter"):
         extra["adapter_merged"] = opts["merge_adapter"]
     extra.update(free=not config.constrained, enforcer=config.enforcer, jump_forward=config.jump_forward)
+    extra["dtype"] = opts["dtype"]
     extra["batch_size"] = batch_size
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
@@ -446,6 +448,8 @@ def main(
     model: Path | None = typer.Option(None, help="hf: a local transformers model folder (default: embedded SmolLM2)"),
     adapter: Path | None = typer.Option(None, help="hf: a PEFT adapter folder (e.g. RUN/checkpoints/<recipe>)"),
     device: str | None = typer.Option(None, help="hf: cpu, cuda, cuda:1 (default: cuda if available)"),
+    dtype: str = typer.Option("auto", help="hf: auto (bf16 on CUDA and on a CPU with native bf16, else float32), "
+                              "float32 or bfloat16"),
     enforcer: str = typer.Option("xgrammar", help="hf: xgrammar or lmfe (lm-format-enforcer)"),
     no_jump_forward: bool = typer.Option(False, "--no-jump-forward", help="hf: sample forced text token by token"),
     no_group_bounds: bool = typer.Option(
@@ -484,8 +488,17 @@ def main(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Generate CFs for the shared factuals and write CF records."""
+    from sensecf.precision import resolve_dtype
+
+    try:  # resolved here, so the CF file's fingerprint names the dtype the answers were computed in
+        if backend == "hf":
+            dtype = resolve_dtype(dtype, device or ("cuda" if _cuda_available() else "cpu"))
+    except ValueError as e:
+        typer.secho(f"error: --dtype: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     hf = dict(
         model=str(model) if model else None,
+        dtype=dtype,
         adapter=str(adapter) if adapter else None,
         device=device,
         enforcer=enforcer,

@@ -32,6 +32,7 @@ import yaml
 from launch.recipe_check import RecipeError, check_recipe, load_recipe
 from sensecf.atomic import write_json, write_text
 from sensecf.cli import run_cli
+from sensecf.precision import cpu_has_native_bf16
 from sensecf.rundir import RunDir, write_provenance
 from sensecf.wandb_log import log_numbers, stage_run
 
@@ -133,14 +134,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch's CPU kernels see it."""
-    import torch
-
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(probe is not None and probe() for probe in probes)
 
 
 def launch_command(resolved: Path, accelerate_config: Path | None) -> list[str]:

@@ -162,3 +162,17 @@ def test_a_peft_adapter_is_applied_and_recorded(run, model_dir, tmp_path):
     assert [r.raw_text for r in unmerged] == [r.raw_text for r in with_adapter]  # the same answers, merged or not
     prov = json.loads((run.cfs / "generate" / "tiny_lora+grammar" / "provenance.json").read_text())
     assert str(adapter / "adapter_model.safetensors") in prov["inputs"]
+
+
+def test_the_compute_dtype_is_recorded_and_a_file_resumes_only_in_its_dtype(run, model_dir):
+    from sensecf.records import FingerprintMismatch
+
+    generate(run, "tiny_dtype", n=2, hf_options=options(model_dir, dtype="bfloat16"), progress=False)
+    records = read_records(run.cf_file("tiny_dtype+grammar"))
+    assert [r.extra["dtype"] for r in records] == ["bfloat16", "bfloat16"]
+    assert all(r.parse_status == "ok" for r in records)
+    with pytest.raises(FingerprintMismatch, match="config"):  # fp32 answers never join a bf16 file
+        generate(run, "tiny_dtype", n=2, hf_options=options(model_dir, dtype="float32"), progress=False)
+    generate(run, "tiny_fp32", n=2, hf_options=options(model_dir), progress=False)
+    fp32 = read_records(run.cf_file("tiny_fp32+grammar"))
+    assert {r.extra["dtype"] for r in fp32} == {"float32"}  # the Python API's default; the CLI's is auto

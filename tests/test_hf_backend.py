@@ -94,6 +94,32 @@ def test_batching_and_prefix_sharing_do_not_change_greedy_answers(tiny_run, toke
     assert all(s.prefill_tokens > s.prompt_tokens for s in singles)  # the whole prompt + the opening text
 
 
+def test_rows_asking_for_different_classes_each_share_their_class_prefix(tiny_run, tokenizer, model):
+    requests, spec = cohort_requests(tiny_run, tokenizer, 8)  # desired class alternates 0, 1, 0, ...
+    gen = HFGenerator(model, tokenizer, spec)
+    prompts = [tokenizer.encode(r.prompt, add_special_tokens=False) for r in requests]
+    assert sorted(indices for indices, _ in gen._prefix_groups(prompts)) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    mixed = gen.generate_batch(requests)
+    alone = {}
+    for cls in (0, 1):  # each class in a batch of its own: the prefix its rows share is the longest possible
+        answers = HFGenerator(model, tokenizer, spec).generate_batch(requests[cls::2])
+        alone.update(zip(range(cls, 8, 2), answers, strict=True))
+    assert [r.text for r in mixed] == [alone[i].text for i in range(8)]
+    assert [r.prefill_tokens for r in mixed] == [alone[i].prefill_tokens for i in range(8)]
+    check_valid(spec, requests, mixed)
+
+
+def test_a_bf16_model_decodes_valid_answers_with_the_same_prefix_reuse(tiny_run, tokenizer):
+    bf16 = tiny_llama(tokenizer).to(torch.bfloat16)
+    requests, spec = cohort_requests(tiny_run, tokenizer, 6)
+    gen = HFGenerator(bf16, tokenizer, spec)
+    first = gen.generate_batch(requests)
+    check_valid(spec, requests, first)
+    again = gen.generate_batch(requests)  # the cached class prefixes are reused, not recomputed
+    assert [r.text for r in again] == [r.text for r in first]
+    assert len(gen._prefixes) == 2
+
+
 def test_seeded_sampling_does_not_depend_on_batch_composition(tiny_run, tokenizer, model):
     requests, spec = cohort_requests(tiny_run, tokenizer, 4)
     gen = HFGenerator(model, tokenizer, spec, DecodeConfig(temperature=1.0))

@@ -412,7 +412,7 @@ def test_bf16_auto_on_a_cpu_follows_native_bf16_and_says_so(tmp_path, monkeypatc
 
 
 def test_native_bf16_probe_agrees_with_the_kernels_cpu_flags():
-    from launch.train import cpu_has_native_bf16
+    from sensecf.precision import cpu_has_native_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
