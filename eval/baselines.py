@@ -107,6 +107,21 @@ def sample_factuals(frame: pd.DataFrame, predicted: np.ndarray, n: int, seed: in
     return ids, note
 
 
+def balanced_head(chosen: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first n//2 factuals predicted 0 and n - n//2 predicted 1 (file order; a class short of
+    its quota gives all it has and the other fills up), so --n takes a subset of a larger shared
+    sample with the same class balance as a fresh one."""
+    quota = {0: n // 2, 1: n - n // 2}
+    counts = chosen["factual_pred"].value_counts().to_dict()
+    for cls in (0, 1):
+        spare = quota[cls] - counts.get(cls, 0)
+        if spare > 0:
+            quota[cls] -= spare
+            quota[1 - cls] += spare
+    keep = chosen.groupby("factual_pred", group_keys=False).cumcount() < chosen["factual_pred"].map(quota)
+    return chosen[keep].reset_index(drop=True)
+
+
 def read_factual_ids(path: Path) -> list[str]:
     """A JSON list of window ids, or an object with a "window_ids" list (factuals_<split>.json)."""
     try:
@@ -362,7 +377,8 @@ def select_factuals(
 ) -> tuple[pd.DataFrame, DatasetSpec, BlackBox, pd.DataFrame, dict]:
     """(factual rows with a `factual_pred` column, spec, black box, training rows, sample note).
 
-    Writes cfs/factuals_<split>.json; refuses to overwrite one that holds a different sample."""
+    Writes cfs/factuals_<split>.json; refuses to overwrite one that holds a different sample. A
+    shared sample of the same seed with more than n ids gives its balanced first n instead."""
     df, spec = run.load_cohort()
     blackbox = BlackBox.load(run.model, spec)
     train = df[df[SPLIT_COL] == "train"].reset_index(drop=True)
@@ -370,6 +386,18 @@ def select_factuals(
     if pool.empty:
         raise ValueError(f"{run.features}: no rows with {SPLIT_COL} == '{split}'")
     predicted = blackbox.predict(pool)
+    path = factuals_file(run, split)
+    shared = json.loads(path.read_text()) if path.exists() and factual_ids is None else {}
+    if shared.get("seed") == seed and len(shared.get("window_ids", [])) > n:
+        # A larger sample of the same seed is already shared (the LLM rows' 200, say): explain its
+        # balanced first n (as eval.generate --n does), so the slow methods' factuals are a subset.
+        rows = pool.assign(factual_pred=predicted).set_index(pool[ID_COL].astype(str))
+        missing = [i for i in shared["window_ids"] if i not in rows.index]
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} ids are not '{split}' windows of {run.features}: {missing[:5]}")
+        chosen = balanced_head(rows.loc[shared["window_ids"]], n)
+        note = {"first_of_shared_sample": len(shared["window_ids"]), "taken": len(chosen)}
+        return chosen, spec, blackbox, train, note
     if factual_ids is None:
         ids, note = sample_factuals(pool, predicted, n, seed)
     else:
@@ -378,7 +406,6 @@ def select_factuals(
         if missing:
             raise ValueError(f"{len(missing)} factual ids are not '{split}' windows of {run.features}: {missing[:5]}")
         ids, note = list(dict.fromkeys(factual_ids)), {"given": len(factual_ids)}
-    path = factuals_file(run, split)
     if path.exists() and read_factual_ids(path) != ids:
         raise ValueError(
             f"{path} holds a different factual sample; reuse it with --factual-ids {path}, "

@@ -207,6 +207,21 @@ def test_factual_ids_file_and_a_conflicting_sample(aireadi, tmp_path):
         run_baselines(aireadi, ["teacher"], factual_ids=["nope"], cfg=FAST, progress=False)
 
 
+def test_a_larger_shared_sample_of_the_same_seed_gives_its_balanced_first_n(aireadi):
+    run_baselines(aireadi, ["teacher"], n=8, cfg=FAST, progress=False)  # the fast methods' 8 (the demo's 200)
+    shared = json.loads((aireadi.cfs / "factuals_test.json").read_text())
+    ids = shared["window_ids"]
+    df, spec = aireadi.load_cohort()
+    rows = df.set_index(df[ID_COL].astype(str)).loc[ids]
+    pred = dict(zip(ids, BlackBox.load(aireadi.model, spec).predict(rows), strict=True))
+    first = [i for i in ids if pred[i] == 0][:2] + [i for i in ids if pred[i] == 1][:2]
+    run_baselines(aireadi, ["nice"], n=4, cfg=FAST, progress=False)  # the slow methods' 4 (the demo's 40)
+    assert [r.window_id for r in read_records(aireadi.cf_file("nice"))] == [i for i in ids if i in first]
+    assert json.loads((aireadi.cfs / "factuals_test.json").read_text()) == shared  # the shared sample is kept
+    with pytest.raises(ValueError, match="holds a different factual sample"):  # another seed: another sample
+        run_baselines(aireadi, ["nice"], n=4, cfg=BaselineConfig(seed=1, cfnow_seconds=1), progress=False)
+
+
 def test_train_split_records_go_to_their_own_folder(aireadi):
     run_baselines(aireadi, ["teacher"], split="train", n=4, cfg=FAST, progress=False)
     ids = json.loads((aireadi.cfs / "factuals_train.json").read_text())["window_ids"]
