@@ -120,6 +120,20 @@ def test_a_bf16_model_decodes_valid_answers_with_the_same_prefix_reuse(tiny_run,
     assert len(gen._prefixes) == 2
 
 
+def test_a_frozen_head_gets_a_contiguous_input_once_per_model(tiny_run, tokenizer):
+    frozen = tiny_llama(tokenizer).requires_grad_(False)  # as PEFT's merge_and_unload leaves a model
+    seen = []
+    requests, spec = cohort_requests(tiny_run, tokenizer, 2)
+    HFGenerator(frozen, tokenizer, spec)
+    HFGenerator(frozen, tokenizer, spec)  # a second generator on the same model adds no second hook
+    head = frozen.get_output_embeddings()
+    assert len(head._forward_pre_hooks) == 1
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    results = HFGenerator(frozen, tokenizer, spec).generate_batch(requests)
+    check_valid(spec, requests, results)
+    assert seen and all(seen)
+
+
 def test_seeded_sampling_does_not_depend_on_batch_composition(tiny_run, tokenizer, model):
     requests, spec = cohort_requests(tiny_run, tokenizer, 4)
     gen = HFGenerator(model, tokenizer, spec, DecodeConfig(temperature=1.0))
