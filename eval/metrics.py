@@ -271,6 +271,32 @@ def with_verified(records: Sequence[CFRecord], spec: DatasetSpec) -> list[CFReco
                             for r in picked]
 
 
+def validity_at_k(records: Sequence[CFRecord]) -> pd.DataFrame:
+    """For each method with several candidates per factual and each factual class: the share of
+    factuals with a valid CF among their first k candidates (k = 1..K) with its Wilson interval,
+    the mean validity of a single candidate, and the seconds per factual that k candidates cost
+    (mean seconds per candidate x k). The verification's k is read off this curve."""
+    multi = {r.method for r in records if r.candidate > 0}
+    groups: dict[tuple[str, int], dict[str, list[CFRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.method in multi:
+            groups[(r.method, r.factual_pred)][r.window_id].append(r)
+    rows = []
+    for (method, cls), by_window in sorted(groups.items()):
+        candidates = [sorted(g, key=lambda r: r.candidate) for g in by_window.values()]
+        every = [r for g in candidates for r in g]
+        per_candidate = float(np.mean([r.valid for r in every]))
+        seconds = float(np.mean([r.seconds for r in every]))
+        n = len(candidates)
+        for k in range(1, max(len(g) for g in candidates) + 1):
+            hits = sum(any(r.valid for r in g[:k]) for g in candidates)
+            low, high = wilson_interval(hits, n)
+            rows.append({"method": method, "class": cls, "k": k, "n": n, "validity_at_k": hits / n,
+                         "validity_at_k_ci_low": low, "validity_at_k_ci_high": high,
+                         "candidate_validity": per_candidate, "seconds_per_factual": seconds * k})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 # --- the table ----------------------------------------------------------------------------
 def _nanmean(x) -> float:
     x = np.asarray(x, float)

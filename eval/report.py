@@ -27,7 +27,7 @@ import typer
 from eval.classifier import split_frames
 from eval.figures import feature_change_table, plot_feature_changes, plot_latent_space
 from eval.intervention import intervention_markdown
-from eval.metrics import INTERVALS, METRIC_DIRECTIONS, VALID_ONLY, cf_metrics, with_verified
+from eval.metrics import INTERVALS, METRIC_DIRECTIONS, VALID_ONLY, cf_metrics, validity_at_k, with_verified
 from sensecf.atomic import atomic_path, run_lock, write_text
 from sensecf.blackbox import BlackBox
 from sensecf.cli import InputError, run_cli
@@ -239,6 +239,20 @@ def build_report(
                              intervention_method=intervention_method)
 
 
+def verification_markdown(curve: pd.DataFrame) -> str:
+    """Validity against the number of sampled candidates k, per method and factual class (empty
+    when no method sampled several): what choosing k buys and costs."""
+    if curve.empty:
+        return ""
+    lines = ["", "", "## Verification: validity among the first k candidates", "",
+             "| row | class | k | validity [95 % CI] | s per factual | one candidate's validity |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in curve.rename(columns={"class": "factual_class"}).itertuples():
+        lines.append(f"| {r.method} | {r.factual_class} | {r.k} | {r.validity_at_k:.2f} [{r.validity_at_k_ci_low:.2f}, "
+                     f"{r.validity_at_k_ci_high:.2f}] | {r.seconds_per_factual:.2f} | {r.candidate_validity:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sample: int,
                   intervention_method: str | None) -> dict[str, Path]:
     df, spec = run.load_cohort()
@@ -268,7 +282,13 @@ def _build_report(run: RunDir, methods: list[str] | None, *, ynn_k: int, fig8_sa
     notes += [f"Records read: {', '.join(f'{m} {n}' for m, n in counts.items())}."]
     if verified:
         notes += [f"Raw rows use candidate 0; {', '.join(verified)} pick the valid candidate nearest the factual."]
-    write_text(paths["table3.md"], "\n".join(notes) + "\n\n" + markdown_table(values, best, classes))
+    curve = validity_at_k(records)
+    write_text(paths["table3.md"], "\n".join(notes) + "\n\n" + markdown_table(values, best, classes)
+               + verification_markdown(curve))
+    if not curve.empty:
+        paths["verification.csv"] = out / "verification.csv"
+        with atomic_path(paths["verification.csv"]) as tmp:
+            curve.to_csv(tmp, index=False)
     caption = (f"CF quality on {spec.name} for factuals predicted class 0 ({classes[0]}) and class 1 "
                f"({classes[1]}). Validity and plausibility: value [95% Wilson interval]. Distance, sparsity and "
                "plausibility over all parsed CFs (as the paper's Sec. II-F) and over valid CFs only (valid; -- "

@@ -13,6 +13,7 @@ from eval.metrics import (
     changed_matrix,
     coherent,
     feature_frame,
+    validity_at_k,
     verified_records,
     wilson_interval,
     with_verified,
@@ -251,3 +252,25 @@ def test_verified_picks_nearest_valid_candidate():
     assert table.loc[("v+verified", 0), "validity"] == 0.5
     assert table.loc[("v+verified", 0), "seconds_per_cf"] == pytest.approx((3.0 + 4.0) / 2)
     assert ("m+verified", 0) not in table.index  # a single-candidate method gets no verified row
+
+
+def test_validity_at_k_by_hand():
+    f = row(2.0)
+    recs = [
+        rec("w1", f, row(3.0), method="v", candidate=0, seconds=1.0),  # invalid
+        rec("w1", f, row(9.0), method="v", candidate=1, seconds=1.0),  # valid: w1 counts from k = 2
+        rec("w1", f, row(6.0), method="v", candidate=2, seconds=1.0),  # valid
+        rec("w2", f, row(7.0), method="v", candidate=0, seconds=3.0),  # valid from k = 1
+        rec("w2", f, None, method="v", candidate=1, seconds=3.0),
+        rec("w2", f, row(1.0), method="v", candidate=2, seconds=3.0),
+        rec("w3", row(8.0), row(6.0), pred=1, method="v", candidate=0),  # class 1, never valid (a stays >= 5)
+        rec("w3", row(8.0), row(7.0), pred=1, method="v", candidate=1),
+        *RECORDS[:2],  # a single-candidate method: no curve
+    ]
+    curve = validity_at_k(recs).set_index(["method", "class", "k"])
+    assert list(curve.index) == [("v", 0, 1), ("v", 0, 2), ("v", 0, 3), ("v", 1, 1), ("v", 1, 2)]
+    assert curve["validity_at_k"].tolist() == [0.5, 1.0, 1.0, 0.0, 0.0]
+    assert curve.loc[("v", 0, 1), "candidate_validity"] == pytest.approx(3 / 6)
+    assert curve.loc[("v", 0, 3), "seconds_per_factual"] == pytest.approx(2.0 * 3)  # mean 2 s a candidate
+    low, high = curve.loc[("v", 0, 1), ["validity_at_k_ci_low", "validity_at_k_ci_high"]]
+    assert (low, high) == pytest.approx(wilson_interval(1, 2))

@@ -100,6 +100,14 @@ def test_build_report_writes_every_artifact_with_every_method(fixture, request):
     # verification never loses validity: it falls back to candidate 0 only when nothing is valid
     for c in (0, 1):
         assert row.loc["noisy+verified", f"class{c}_validity"] >= row.loc["noisy", f"class{c}_validity"]
+    # the validity-against-k curve: k = 1 is candidate 0's validity, k = 2 the verified row's
+    curve = pd.read_csv(paths["verification.csv"]).set_index(["method", "class", "k"])
+    assert set(curve.index.get_level_values("method")) == {"noisy"}
+    for c in curve.index.get_level_values("class").unique():
+        assert curve.loc[("noisy", c, 1), "validity_at_k"] == pytest.approx(row.loc["noisy", f"class{c}_validity"])
+        assert curve.loc[("noisy", c, 2), "validity_at_k"] == pytest.approx(
+            row.loc["noisy+verified", f"class{c}_validity"])
+    assert "## Verification: validity among the first k candidates" in md and "| noisy | 0 | 2 |" in md
     # the best validity per class is the maximum, and marked
     for c in (0, 1):
         top = row[f"class{c}_validity"].round(3).max()
