@@ -20,12 +20,17 @@ setup: $(STAMP)
 # The locks hold every package with its hashes, except torch: its CPU wheel lies on this disk (a
 # local build whose hash PyPI does not know) and PyPI's is the CUDA build, so torch is installed
 # first by its pin, then the locks exactly (--no-deps: nothing resolved, every file hash-checked).
-# llama-cpp-python builds from its sdist (~7 min on 2 cores), once per environment.
+# llama-cpp-python builds from its sdist (~7 min on 2 cores), once per environment, portable
+# (GGML_NATIVE=OFF): a native build on a CPU with AMX uses ggml's AMX matmul, which segfaulted
+# here on the first multi-token prompt (llama.cpp issue 20824). A build setting, unlike CMAKE_ARGS,
+# is part of uv's cache key, so a native wheel cached earlier is not reused.
+LLAMACPP_BUILD = --config-settings-package "llama-cpp-python:cmake.args=-DGGML_NATIVE=OFF"
 $(STAMP): requirements.lock requirements-nodeps.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEELS) $(TORCH)
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes $(LLAMACPP_BUILD) \
+		-r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps --require-hashes \
 		-r requirements-nodeps.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .

@@ -130,7 +130,7 @@ step_install_vllm() {
 
 step_setup_run() {
   x rm -rf "$GC_RUN"
-  x "$GC_PY" -m dataset_builders synth --participants 48 --days 2 --seed 0 --out "$GC_RUN/release" --force
+  x "$GC_PY" -m dataset_builders synth --participants 160 --days 2 --seed 0 --out "$GC_RUN/release" --force
   x "$GC_PY" -m dataset_builders aireadi --root "$GC_RUN/release" --out "$GC_RUN/cohort" \
     --demographics "$GC_RUN/release/controlled/demographics.tsv"
   x "$GC_PY" -m eval.classifier --run "$GC_RUN" --seed 0

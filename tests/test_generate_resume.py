@@ -39,7 +39,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(run_with_model):
     run, model_dir = run_with_model
     out = run.cf_file("tiny+grammar")
     cmd = [sys.executable, "-m", "eval.generate", "--run", str(run.root), "--method", "tiny", "--model", str(model_dir),
-           "--device", "cpu", "--n", "24", "--batch-size", "1", "--quiet"]  # fmt: skip
+           "--device", "cpu", "--dtype", "float32", "--n", "24", "--batch-size", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + 300
     while lines(out) < 3 and proc.poll() is None and time.monotonic() < deadline:

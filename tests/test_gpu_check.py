@@ -355,7 +355,7 @@ def test_the_step_loop_records_every_step_and_keeps_going(tmp_path, fail_on):
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert list(status) == STEPS
     setup = summary["steps"][3]
-    assert setup["commands"][1].startswith(f"{fake} -m dataset_builders synth --participants 48")
+    assert setup["commands"][1].startswith(f"{fake} -m dataset_builders synth --participants 160")
     assert len(setup["commands"]) == (4 if fail_on else 5) and setup["seconds"] > 0 and setup["limit_seconds"] == 120
     reasons = {s["name"]: s.get("reason") for s in summary["steps"]}
     assert reasons["install_vllm"] == "--skip-install" and reasons["model_8b"] == "not in --only"
