@@ -133,8 +133,9 @@ def plot(result: dict, path: Path) -> None:
                 ax.errorbar(xs, ys, yerr=[lo, hi], linestyle=style, marker=marker, capsize=3,
                             label=f"{protocol}, factual class {cls}")  # fmt: skip
     ax.set_xscale("symlog", linthresh=40)
+    ax.set_xticks([p["examples"] for p in points], [str(p["examples"]) for p in points])
     ax.set_xlabel("fine-tuning examples seen")
-    ax.set_ylabel(f"validity (share of {result['n']} test factuals, 95 % Wilson)")
+    ax.set_ylabel(f"validity, {result['n'] // 2} factuals per class (95 % CI)")
     ax.set_ylim(0, 1)
     ax.set_title("SmolLM2-135M LoRA on the demo cohort")
     ax.legend(fontsize=7)
