@@ -494,9 +494,9 @@ def load_model(
     """(model, tokenizer): the embedded SmolLM2 (model None) or a local HF folder, with an
     optional PEFT adapter; the adapter folder's tokenizer wins when it has one. The adapter is
     merged into the weights by default (PEFT's merge_and_unload: one matmul per projection
-    instead of three). SmolLM2 + the demo adapter, batch 16, 64 factuals: 0.60 against 0.71 s/CF,
-    the same greedy answers for 64 of 64 (bench_generate --adapter; rounding differs, so identity
-    is measured there, not assumed).
+    instead of three). SmolLM2 + the demo adapter, batch 16, 64 factuals, fp32: 0.60 against 0.71
+    s/CF, the same greedy answers for 64 of 64 (bench_generate --adapter, measured before the
+    contiguous-head fix; rounding differs, so identity is measured there, not assumed).
 
     dtype (sensecf.precision.resolve_dtype): auto computes in bf16 on CUDA and on a CPU with native
     bf16 (AMX / AVX512-BF16), else fp32. On a CPU the weights load and merge in fp32 and are cast
