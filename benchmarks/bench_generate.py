@@ -142,8 +142,11 @@ def same_answers(a: dict, b: dict) -> dict:
     return {"identical": sum(a["texts"][k] == b["texts"][k] for k in common), "of": len(common)}
 
 
+def dtype_name(model) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox, scratch) -> dict:
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     generator = HFGenerator(model, tokenizer, spec, config)
     requests = [
         GenRequest(factual, seed=seed, prompt=apply_chat_template(tokenizer, build_messages(spec, factual, 1 - pred)))
@@ -163,7 +166,7 @@ def run_config(name, config, batch_size, jobs, model, tokenizer, spec, blackbox,
     return {
         "n": n,
         "batch_size": batch_size,
-        "dtype": dtype,
+        "dtype": dtype_name(model),
         "enforcer": config.enforcer if config.constrained else None,
         "jump_forward": config.jump_forward if config.constrained else None,
         "seconds_per_cf": wall / n,
@@ -231,7 +234,7 @@ def run_library_config(name, batch_size, jobs, model, tokenizer, spec, blackbox,
     return {
         "n": n,
         "batch_size": batch_size,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(model),
         "path": "transformers generate() + xgrammar.contrib.hf.LogitsProcessor, block_regex per factual, greedy",
         "seconds_per_cf": wall / n,
         "cpu_seconds_per_cf": cpu / n,

@@ -338,12 +338,6 @@ def _generate_locked(run, method, backend, split, n, seed, factuals, candidates,
     return summary
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -488,11 +482,11 @@ def main(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Generate CFs for the shared factuals and write CF records."""
-    from sensecf.precision import resolve_dtype
+    from sensecf.precision import default_device, resolve_dtype
 
     try:  # resolved here, so the CF file's fingerprint names the dtype the answers were computed in
         if backend == "hf":
-            dtype = resolve_dtype(dtype, device or ("cuda" if _cuda_available() else "cpu"))
+            dtype = resolve_dtype(dtype, device or default_device())
     except ValueError as e:
         typer.secho(f"error: --dtype: {e}", fg="red", err=True)
         raise typer.Exit(2) from None

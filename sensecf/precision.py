@@ -18,6 +18,13 @@ def cpu_has_native_bf16() -> bool:
     return any(probe is not None and probe() for probe in probes)
 
 
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu (where a stage is given no --device)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_dtype(requested: str, device: str) -> str:
     """'float32' or 'bfloat16' for `requested` (auto: bf16 on CUDA and on CPUs with native bf16)."""
     if requested not in DTYPES:

@@ -505,9 +505,9 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sensecf.models import load_embedded_model, with_adapter
-    from sensecf.precision import resolve_dtype
+    from sensecf.precision import default_device, resolve_dtype
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     compute = getattr(torch, resolve_dtype(dtype, device))
     if model is None:
         m, tok = load_embedded_model(Path(adapter) if adapter else None)

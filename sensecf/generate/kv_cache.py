@@ -91,18 +91,19 @@ def merge_left_padded(parts: list[tuple[list[int], ReservedCache]], rows: int, l
     layers = len(parts[0][1].layers)
     reserve = max(c.layers[0]._k.shape[2] - c.layers[0].length for _, c in parts)
     merged = ReservedCache(layers, reserve)
+    device = parts[0][1].layers[0]._k.device
+    index = [torch.tensor(indices, device=device) for indices, _ in parts]
     for n, layer in enumerate(merged.layers):
         k0 = parts[0][1].layers[n]._k
         shape = (rows, k0.shape[1], length + reserve, k0.shape[3])
         layer._k, layer._v = k0.new_empty(shape), k0.new_empty(shape)
         layer.dtype, layer.device, layer.is_initialized, layer.length = k0.dtype, k0.device, True, length
-        for indices, cache in parts:
+        for rows_of, (_, cache) in zip(index, parts, strict=True):
             src = cache.layers[n]
-            index = torch.tensor(indices, device=k0.device)
             pad = length - src.length
-            layer._k[index, :, :pad] = 0
-            layer._v[index, :, :pad] = 0
-            layer._k[index, :, pad:length] = src.keys
-            layer._v[index, :, pad:length] = src.values
+            layer._k[rows_of, :, :pad] = 0
+            layer._v[rows_of, :, :pad] = 0
+            layer._k[rows_of, :, pad:length] = src.keys
+            layer._v[rows_of, :, pad:length] = src.values
         layer._view()
     return merged
